@@ -1,0 +1,201 @@
+"""Clip manifests: one ``ClipRecord`` per utterance, serialised as JSONL (optionally gzipped).
+
+Paths in a record are stored as written; relative paths are resolved against the
+manifest file's directory (``ClipRecord.resolved``), so a corpus directory with
+its ``manifest.jsonl`` can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from pipeline.errors import ManifestError
+
+MEDIA_FIELDS = ("audio_path", "video_path", "frames_dir")
+
+
+@dataclass
+class ClipRecord:
+    """One VoxCeleb utterance. Missing modalities are explicit ``None``s."""
+
+    clip_id: str                      # "idXXXXX/VIDEO/UTT": the VoxCeleb id without extension
+    speaker: str
+    video: str
+    audio_path: str | None = None     # wav / m4a / flac (or None: no audio)
+    video_path: str | None = None     # mp4 (face track), may also carry the audio track
+    frames_dir: str | None = None     # folder of jpg frames (VoxCeleb1 style)
+    duration: float | None = None     # seconds
+    sample_rate: int | None = None
+    fps: float | None = None
+    num_frames: int | None = None
+    split: str | None = None          # train / dev / test (or None: unassigned)
+    dataset: str | None = None        # vox1 / vox2 / toy-vox1 / toy-vox2 ...
+
+    @property
+    def has_audio_source(self) -> bool:
+        return self.audio_path is not None or self.video_path is not None
+
+    @property
+    def has_face_source(self) -> bool:
+        return self.video_path is not None or self.frames_dir is not None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict, *, path: str | Path | None = None, line: int | None = None) -> "ClipRecord":
+        if not isinstance(d, dict):
+            raise ManifestError("expected a JSON object per line", path=path, line=line)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ManifestError(f"unknown field(s) {unknown}", path=path, line=line,
+                                hint=f"a ClipRecord has: {', '.join(sorted(names))}")
+        for req in ("clip_id", "speaker", "video"):
+            if not isinstance(d.get(req), str) or not d.get(req):
+                raise ManifestError(f"missing or empty '{req}'", path=path, line=line)
+        return cls(**d)
+
+    def resolved(self, base: str | Path | None) -> "ClipRecord":
+        """A copy with relative media paths made absolute against ``base``."""
+        if base is None:
+            return self
+        changes = {}
+        for f in MEDIA_FIELDS:
+            v = getattr(self, f)
+            if v is not None and not os.path.isabs(v):
+                changes[f] = str(Path(base) / v)
+        return dataclasses.replace(self, **changes) if changes else self
+
+
+def _open_text(path: str | Path, mode: str):
+    path = str(path)
+    if path.endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, mode + "b"), encoding="utf-8")
+    return open(path, mode, encoding="utf-8")
+
+
+def iter_manifest(path: str | Path, *, resolve: bool = True) -> Iterator[ClipRecord]:
+    """Stream records from a ``.jsonl`` / ``.jsonl.gz`` manifest.
+
+    Malformed lines raise ``ManifestError`` naming file and line. Duplicate ids
+    are checked by ``read_manifest`` (streaming readers may not hold all ids).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ManifestError("manifest not found", path=path, hint="create one with `avfuse manifest` or `avfuse synth`")
+    base = path.parent if resolve else None
+    with _open_text(path, "r") as f:
+        for i, raw in enumerate(f, start=1):
+            s = raw.strip()
+            if not s:
+                continue
+            try:
+                d = json.loads(s)
+            except json.JSONDecodeError as e:
+                raise ManifestError(f"not valid JSON ({e.msg})", path=path, line=i,
+                                    hint="each line must be one JSON ClipRecord") from None
+            try:
+                rec = ClipRecord.from_dict(d, path=path, line=i)
+            except TypeError as e:  # pragma: no cover - guarded by from_dict
+                raise ManifestError(str(e), path=path, line=i) from None
+            yield rec.resolved(base)
+
+
+def read_manifest(path: str | Path, *, resolve: bool = True) -> list[ClipRecord]:
+    """All records; duplicate clip ids are a ``ManifestError``."""
+    out: list[ClipRecord] = []
+    seen: dict[str, int] = {}
+    for rec in iter_manifest(path, resolve=resolve):
+        if rec.clip_id in seen:
+            raise ManifestError(f"duplicate clip id {rec.clip_id!r} (first at record {seen[rec.clip_id] + 1})",
+                                path=path, hint="clip ids must be unique; remove the duplicate")
+        seen[rec.clip_id] = len(out)
+        out.append(rec)
+    return out
+
+
+def write_manifest(path: str | Path, records: Iterable[ClipRecord]) -> int:
+    """Write all records atomically (temp file then rename). Returns the count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    n = 0
+    with _open_text(tmp, "w") as f:
+        for r in records:
+            f.write(r.to_json() + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+class ManifestWriter:
+    """Append-only, resumable JSONL writer: ids already in the file are skipped.
+
+    A torn last line (crash mid-write) is dropped on reopen, so a rerun after
+    kill -9 continues where the file is still valid. Plain ``.jsonl`` only.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if str(self.path).endswith(".gz"):
+            raise ManifestError("resumable writing needs a plain .jsonl file", path=self.path,
+                                hint="write .jsonl, then gzip it when done")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.done: set[str] = set()
+        good_bytes = 0
+        if self.path.exists():
+            with open(self.path, "rb") as f:
+                for raw in f:
+                    if not raw.endswith(b"\n"):
+                        break  # torn last line
+                    try:
+                        self.done.add(json.loads(raw)["clip_id"])
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        break
+                    good_bytes += len(raw)
+            with open(self.path, "r+b") as f:
+                f.truncate(good_bytes)
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def __contains__(self, clip_id: str) -> bool:
+        return clip_id in self.done
+
+    def write(self, rec: ClipRecord) -> bool:
+        if rec.clip_id in self.done:
+            return False
+        self._f.write(rec.to_json() + "\n")
+        self.done.add(rec.clip_id)
+        return True
+
+    def flush(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self.flush()
+            self._f.close()
+
+    def __enter__(self) -> "ManifestWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def manifest_fingerprint(records: Iterable[ClipRecord]) -> str:
+    """sha256 over the records' identity fields (order matters: it fixes cache rows)."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(f"{r.clip_id}\t{r.speaker}\t{r.split}\t{r.audio_path is not None}\t"
+                 f"{r.video_path is not None or r.frames_dir is not None}\n".encode())
+    return h.hexdigest()[:16]
