@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        cli.main(args=args, prog_name="avfuse", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="avfuse", standalone_mode=False)
     except AvfuseError as e:
         if debug:
             raise
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     else:
-        sys.exit(0)
+        # with standalone_mode=False click returns ctx.exit(code)'s code instead of exiting
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
