@@ -3,6 +3,9 @@
 Paths in a record are stored as written; relative paths are resolved against the
 manifest file's directory (``ClipRecord.resolved``), so a corpus directory with
 its ``manifest.jsonl`` can be moved as a whole.
+
+Also here: ``check_manifest`` (entries whose media files are gone) and the split sources
+of ``avfuse manifest --split-from`` (``read_split_source``, ``SplitAssigner``).
 """
 
 from __future__ import annotations
@@ -76,9 +79,11 @@ class ClipRecord:
         return dataclasses.replace(self, **changes) if changes else self
 
 
-def _open_text(path: str | Path, mode: str):
+def _open_text(path: str | Path, mode: str, *, gz: bool | None = None):
     path = str(path)
-    if path.endswith(".gz"):
+    if gz is None:
+        gz = path.endswith(".gz")
+    if gz:
         return io.TextIOWrapper(gzip.open(path, mode + "b"), encoding="utf-8")
     return open(path, mode, encoding="utf-8")
 
@@ -129,11 +134,17 @@ def write_manifest(path: str | Path, records: Iterable[ClipRecord]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     n = 0
-    with _open_text(tmp, "w") as f:
-        for r in records:
-            f.write(r.to_json() + "\n")
-            n += 1
-    os.replace(tmp, path)
+    try:
+        with _open_text(tmp, "w", gz=str(path).endswith(".gz")) as f:
+            for r in records:
+                f.write(r.to_json() + "\n")
+                n += 1
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return n
 
 
@@ -199,3 +210,161 @@ def manifest_fingerprint(records: Iterable[ClipRecord]) -> str:
         h.update(f"{r.clip_id}\t{r.speaker}\t{r.split}\t{r.audio_path is not None}\t"
                  f"{r.video_path is not None or r.frames_dir is not None}\n".encode())
     return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- checking
+
+@dataclass
+class CheckReport:
+    """Result of ``check_manifest``: entries whose media are gone (never dropped)."""
+
+    path: str
+    n_records: int
+    missing: list[dict]               # {"clip_id", "field", "path"}
+
+    @property
+    def n_missing_records(self) -> int:
+        return len({m["clip_id"] for m in self.missing})
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing
+
+
+def _media_gone(field_name: str, path: str) -> bool:
+    if field_name == "frames_dir":
+        try:
+            with os.scandir(path) as it:
+                return not any(os.path.splitext(e.name)[1].lower() in (".jpg", ".jpeg") for e in it)
+        except OSError:
+            return True
+    return not os.path.isfile(path)
+
+
+def check_manifest(path: str | Path, *, progress: bool = True) -> CheckReport:
+    """Check that every media path of every record exists.
+
+    ``audio_path``/``video_path`` must be files and ``frames_dir`` a folder with at least one
+    jpg. Malformed lines and duplicate clip ids raise ``ManifestError`` as in
+    ``read_manifest``; missing media are collected in the report, in manifest order.
+    """
+    from tqdm import tqdm
+
+    missing: list[dict] = []
+    seen: set[str] = set()
+    n = 0
+    for rec in tqdm(iter_manifest(path), desc="check", unit="clip", disable=None if progress else True):
+        n += 1
+        if rec.clip_id in seen:
+            raise ManifestError(f"duplicate clip id {rec.clip_id!r} (record {n})", path=path,
+                                hint="clip ids must be unique; remove the duplicate")
+        seen.add(rec.clip_id)
+        for f in MEDIA_FIELDS:
+            p = getattr(rec, f)
+            if p is not None and _media_gone(f, p):
+                missing.append({"clip_id": rec.clip_id, "field": f, "path": p})
+    return CheckReport(path=str(path), n_records=n, missing=missing)
+
+
+# ----------------------------------------------------------------------------- split marking
+
+@dataclass
+class SplitSource:
+    """Split labels read from one ``--split-from FILE[:SPLIT]``.
+
+    ``clips`` maps clip ids and ``speakers`` maps speaker ids to a split name.
+    """
+
+    spec: str
+    path: str
+    split: str | None
+    clips: dict[str, str]
+    speakers: dict[str, str]
+    matched_clips: int = 0
+    matched_speakers: set = dataclasses.field(default_factory=set)
+
+
+def read_split_source(spec: str) -> SplitSource:
+    """Parse ``FILE[:SPLIT]`` (``FILE`` may be ``.gz``).
+
+    * A CSV (``.csv``/``.csv.gz``, e.g. ``vox2_meta.csv``; BOM and padded cells are fine):
+      the first column is a speaker id and the column named ``Set`` (or ``split``) is that
+      speaker's split. ``:SPLIT`` is not allowed here.
+    * Any other text file: one entry per line, its first field an id; the rest of the line
+      is ignored (so durations files ``spk/video/utt seconds`` work). An id with a ``/`` is
+      a clip id (extension stripped), one without is a speaker id. Every listed clip or
+      speaker gets ``SPLIT``, which is then required. Blank and ``#`` lines are skipped.
+    """
+    from pipeline.errors import ConfigError
+    from data_manifests.trials import normalize_id
+
+    fname, split = spec, None
+    if not os.path.exists(spec) and ":" in spec:
+        fname, split = spec.rsplit(":", 1)
+        if not split or any(c.isspace() for c in split):
+            raise ConfigError(f"bad split name {split!r} in --split-from {spec!r}",
+                              hint="write FILE:SPLIT, e.g. vox1_tst_duration.txt.gz:test")
+    if not os.path.isfile(fname):
+        raise ConfigError("--split-from file not found", path=fname, hint="write FILE[:SPLIT] with an existing FILE")
+    clips: dict[str, str] = {}
+    speakers: dict[str, str] = {}
+    is_csv = fname.endswith((".csv", ".csv.gz"))
+    with _open_text(fname, "r") as f:
+        text = f.read()
+    text = text.lstrip("\ufeff")
+    if is_csv:
+        import csv
+        if split is not None:
+            raise ConfigError("a CSV split source gives each speaker its own split; drop ':" + split + "'",
+                              path=fname, hint="the CSV's Set/split column is used")
+        rows = list(csv.reader(text.splitlines()))
+        header = [c.strip().lower() for c in rows[0]] if rows else []
+        col = next((i for i, c in enumerate(header) if c in ("set", "split")), None)
+        if col is None:
+            raise ConfigError("CSV has no 'Set' or 'split' column", path=fname, line=1,
+                              hint="expected a header like 'VoxCeleb2 ID,VGGFace2 ID,Gender,Set'")
+        for i, row in enumerate(rows[1:], start=2):
+            cells = [c.strip() for c in row]
+            if not any(cells):
+                continue
+            if len(cells) <= col or not cells[0] or not cells[col]:
+                raise ConfigError(f"expected {len(header)} cells with an id and a split", path=fname, line=i)
+            speakers[cells[0]] = cells[col]
+    else:
+        if split is None:
+            raise ConfigError("a list file needs a split name", path=fname,
+                              hint=f"write --split-from {fname}:SPLIT (e.g. :test)")
+        for line in text.splitlines():
+            parts = line.split(None, 1)
+            if not parts or parts[0].startswith("#"):
+                continue
+            cid = normalize_id(parts[0])
+            (clips if "/" in cid else speakers)[cid] = split
+    return SplitSource(spec=spec, path=fname, split=split, clips=clips, speakers=speakers)
+
+
+class SplitAssigner:
+    """Applies splits in order: the current value, then ``split`` (all clips), then each
+    source (its speaker entries, then its clip entries); a later source wins."""
+
+    def __init__(self, split: str | None = None, sources: Iterable[SplitSource] = ()):
+        self.split = split
+        self.sources = list(sources)
+
+    def assign(self, clip_id: str, current: str | None = None) -> str | None:
+        out = self.split if self.split is not None else current
+        spk = clip_id.split("/", 1)[0]
+        for s in self.sources:
+            if spk in s.speakers:
+                out = s.speakers[spk]
+                s.matched_speakers.add(spk)
+            if clip_id in s.clips:
+                out = s.clips[clip_id]
+                s.matched_clips += 1
+        return out
+
+    def report(self) -> list[dict]:
+        """Per source: how many listed clips/speakers were found in the scan."""
+        return [{"source": s.spec, "split": s.split, "n_clips_listed": len(s.clips),
+                 "n_clips_matched": s.matched_clips, "n_speakers_listed": len(s.speakers),
+                 "n_speakers_matched": len(s.matched_speakers)} for s in self.sources]
