@@ -97,7 +97,16 @@ def get_backbone(name: str) -> BackboneEntry:
 
 def load_backbone(name: str, weights: str | Path, *, seed: int = 0, device: str = "cpu"):
     """Build ``name`` and load ``weights`` (a checkpoint path, or ``"random"`` for an
-    explicit seeded random init). Returns ``(module in eval mode, info dict)``."""
+    explicit seeded random init). Returns ``(module in eval mode on device, info)``.
+
+    ``info`` (JSON-able, recorded in cache provenance): ``name``, ``modality``, ``spec``,
+    ``embedding_dim``, ``seed``, ``weights`` ("random" or the resolved path), ``sha256``
+    (None for random), ``checkpoint_format`` (the layout the loader detected, e.g.
+    "WeSpeaker avg_model.pt"; "random"; None if the module does not say),
+    ``frontend`` (the audio front-end actually used, e.g. "kaldi_fbank80"; else
+    ``spec.features``) and, when there is any, ``load_notes`` (stripped prefixes, dropped
+    training-head keys, detected configuration). Modules report the last three through a
+    ``load_info`` dict attribute set by their builder/loader."""
     import torch
 
     from pipeline.config import sha256_file
@@ -119,22 +128,58 @@ def load_backbone(name: str, weights: str | Path, *, seed: int = 0, device: str 
                                 hint="give the path of a checkpoint file, or 'random'")
         torch.manual_seed(seed)
         module = entry.build(**entry.build_kwargs)
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # unpickling refused, truncated file, not a torch file
-            raise BackboneError(f"cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                                path=path, hint="avfuse loads with torch.load(weights_only=True): "
-                                "give a plain state-dict checkpoint") from None
+        raw = read_checkpoint(path)
         try:
             entry.load_state(module, raw)
         except BackboneError as e:
             if e.path is None:
                 e.path = str(path)
             raise
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:  # a loader tripped on odd content
+            raise BackboneError(f"checkpoint does not fit backbone {name!r} ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200] if str(e) else ''})", path=path,
+                                hint=f"accepted formats: {'; '.join(entry.formats) or 'state dict'}") from e
         info.update(weights=str(path.resolve()), sha256=sha256_file(path))
+    load_info = dict(getattr(module, "load_info", None) or {})
+    info["checkpoint_format"] = load_info.pop("format", None)
+    info["frontend"] = load_info.pop("frontend", entry.spec.features)
+    if load_info:
+        info["load_notes"] = load_info
     module.eval()
     module.to(device)
     return module, info
+
+
+def read_checkpoint(path: str | Path):
+    """``torch.load(path, map_location="cpu", weights_only=True)``; anything it refuses
+    (a pickled module or other object, a truncated or non-torch file) is a
+    :class:`BackboneError` that says why."""
+    import pickle
+    import re
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = " ".join(str(e).split())
+        glob = re.search(r"Unsupported global: (GLOBAL \S+)", text)
+        if glob:
+            raise BackboneError("checkpoint is not a plain state dict: torch.load(weights_only=True) refused "
+                                f"to unpickle {glob.group(1)} (a pickled object or module, not tensors)", path=path,
+                                hint="avfuse never unpickles code; re-save it as "
+                                     "torch.save(model.state_dict(), PATH) in the environment that made it") from None
+        why = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+        raise BackboneError("cannot read checkpoint: not a torch.save file, or a damaged one "
+                            f"({(why.group(1) if why else text)[:160]})", path=path,
+                            hint="is the file complete and written by torch.save? "
+                                 "avfuse loads with torch.load(weights_only=True)") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise BackboneError(f"cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'empty'})",
+                            path=path, hint="is the file complete and written by torch.save? "
+                                            "avfuse loads with torch.load(weights_only=True)") from None
 
 
 def check_state_dict(name: str, module, state: dict, *, strict: bool = True) -> None:

@@ -1,0 +1,592 @@
+"""Audio backbones: front-ends, GE2E (real resemblyzer weights), ECAPA-TDNN (SpeechBrain
+and WeSpeaker layouts), WeSpeaker ResNet34 and MobileNetV2-on-log-mel.
+
+Published layouts are checked against data read from the reference implementations
+(speechbrain/lobes/models/ECAPA_TDNN.py, wespeaker/models/{ecapa_tdnn,resnet}.py,
+resemblyzer 0.1.4's pretrained.pt, torchvision's mobilenet_v2): a few representative
+keys with their shapes and the total tensor count. Checkpoints go through real
+``torch.save`` files and ``load_backbone``. Every backbone is checked for giving a clip
+the same embedding alone and zero-padded inside a batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchaudio
+import torchvision
+from scipy.signal import lfilter
+
+from extractors import audio_ecapa, audio_ge2e, audio_mobilenet, audio_resnet
+from extractors.audio_frontends import (KaldiFbank80, LogMel64, Mel40, SpeechBrainFbank80, slaney_mel_filterbank)
+from extractors.checkpoints import add_prefix
+from extractors.registry import get_backbone, load_backbone
+from pipeline.errors import BackboneError
+
+SR = 16000
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on the shared 2-core box two threads contend and run ~5x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
+# --------------------------------------------------------------------------- helpers
+
+def toy_voice(f0: float, formants: tuple[float, ...], seconds: float, seed: int) -> np.ndarray:
+    """A procedural voice: a glottal-like harmonic series at ``f0`` (with vibrato and
+    drift) through two-pole formant resonators, syllable-rate amplitude modulation and a
+    little noise. Speaker identity = (f0, formants); utterances differ by seed."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    t = np.arange(n) / SR
+    f = f0 * (1 + 0.06 * np.sin(2 * np.pi * rng.uniform(2, 5) * t + rng.uniform(0, 6))
+              + 0.03 * np.sin(2 * np.pi * rng.uniform(0.3, 0.8) * t))
+    phase = 2 * np.pi * np.cumsum(f) / SR
+    y = sum(np.sin(k * phase + rng.uniform(0, 6)) / k for k in range(1, int(7000 / f0)))
+    y = y + 0.02 * rng.standard_normal(n)
+    for fc in formants:
+        fc = fc * rng.uniform(0.96, 1.04)
+        r, th = np.exp(-np.pi * (80 + 0.05 * fc) / SR), 2 * np.pi * fc / SR
+        y = lfilter([1 - r], [1, -2 * r * np.cos(th), r * r], y)
+    y = y * (0.55 + 0.45 * np.sin(2 * np.pi * rng.uniform(3, 5) * t + rng.uniform(0, 6)))
+    return (0.3 * y / np.abs(y).max()).astype(np.float32)
+
+
+SPEAKER_A = (110.0, (700.0, 1200.0, 2600.0))
+SPEAKER_B = (210.0, (400.0, 2100.0, 3000.0))
+
+
+def batch_of(waves: list[np.ndarray], junk: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-padded (or ``junk``-padded) batch and int64 lengths."""
+    T = max(len(w) for w in waves)
+    x = torch.full((len(waves), T), junk)
+    for i, w in enumerate(waves):
+        x[i, : len(w)] = torch.from_numpy(w)
+    return x, torch.tensor([len(w) for w in waves])
+
+
+def clips(seconds=(1.3, 0.47, 0.9)) -> list[np.ndarray]:
+    return [toy_voice(*(SPEAKER_A if i % 2 == 0 else SPEAKER_B), s, 100 + i) for i, s in enumerate(seconds)]
+
+
+def randomize_bn(module: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters (so BN is not the identity)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+            if m.affine:
+                m.weight.data.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
+                m.bias.data.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+
+
+def build(name: str, seed: int = 0) -> torch.nn.Module:
+    entry = get_backbone(name)
+    torch.manual_seed(seed)
+    m = entry.build(**entry.build_kwargs)
+    randomize_bn(m, seed)
+    return m.eval()
+
+
+def check_batch_vs_single(module, waves, *, rtol=1e-4, atol=1e-4) -> torch.Tensor:
+    x, n = batch_of(waves)
+    with torch.no_grad():
+        batched = module(x, n)
+        single = torch.cat([module(torch.from_numpy(w)[None], torch.tensor([len(w)])) for w in waves])
+    assert batched.shape == single.shape
+    torch.testing.assert_close(batched, single, rtol=rtol, atol=atol)
+    return batched
+
+
+def assert_layout(state: dict, ref_shapes: dict, ref_count: int) -> None:
+    assert len(state) == ref_count
+    for k, shape in ref_shapes.items():
+        assert k in state, k
+        assert tuple(state[k].shape) == shape, (k, tuple(state[k].shape), shape)
+
+
+# --------------------------------------------------------------------------- front-ends
+
+def test_kaldi_fbank_matches_torchaudio_compliance():
+    import torchaudio.compliance.kaldi as kaldi
+
+    waves = clips((1.0, 0.61, 0.02))                  # the last is shorter than one 25 ms window
+    x, n = batch_of(waves, junk=0.7)                   # junk beyond each length must not matter
+    feats, frames = KaldiFbank80()(x, n)
+    assert frames.tolist() == [1 + (len(w) - 400) // 160 if len(w) >= 400 else 1 for w in waves]
+    for i, w in enumerate(waves[:2]):
+        ref = kaldi.fbank(torch.from_numpy(w)[None] * 32768, num_mel_bins=80, frame_length=25, frame_shift=10,
+                          dither=0.0, sample_frequency=SR, window_type="hamming", use_energy=False)
+        ref = ref - ref.mean(0)
+        torch.testing.assert_close(feats[i, : frames[i]], ref, rtol=0, atol=1e-4)
+
+
+def test_logmel64_matches_torchaudio_melspectrogram():
+    waves = clips((0.8, 1.1))
+    x, n = batch_of(waves, junk=-0.3)
+    feats, frames = LogMel64()(x, n)
+    ms = torchaudio.transforms.MelSpectrogram(sample_rate=SR, n_fft=512, win_length=400, hop_length=160,
+                                              n_mels=64, pad_mode="constant")
+    for i, w in enumerate(waves):
+        ref = torch.log(ms(torch.from_numpy(w)) + 1e-6).T
+        ref = ref - ref.mean(0)
+        assert frames[i] == 1 + len(w) // 160 == ref.shape[0]
+        torch.testing.assert_close(feats[i, : frames[i]], ref, rtol=0, atol=1e-4)
+
+
+def test_slaney_filterbank_matches_torchaudio():
+    ours = slaney_mel_filterbank(SR, 400, 40)
+    ref = torchaudio.functional.melscale_fbanks(201, 0.0, 8000.0, 40, SR, norm="slaney", mel_scale="slaney")
+    assert ours.shape == ref.shape == (201, 40)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-7)
+
+
+def test_mel40_is_power_mel_without_log():
+    w = clips((0.5,))[0]
+    feats, frames = Mel40()(torch.from_numpy(w)[None], torch.tensor([len(w)]))
+    spec = torch.stft(torch.from_numpy(w), 400, 160, window=torch.hann_window(400), center=True,
+                      pad_mode="constant", return_complex=True).abs() ** 2
+    ref = (slaney_mel_filterbank(SR, 400, 40).T @ spec).T
+    assert frames.item() == 1 + len(w) // 160 == ref.shape[0]
+    torch.testing.assert_close(feats[0], ref, rtol=1e-4, atol=1e-6)
+    assert bool((feats >= 0).all())
+
+
+# SpeechBrain 1.x `Fbank(n_mels=80)` + `InputNormalization("sentence", std_norm=False)` of
+# the chirp below (rows = frames 0/10/25/49, columns = mel bins 0/5/20/40/79), and its
+# filterbank matrix: column sums and peak bins of filters 0/10/40/79.
+SB_CHIRP_FEATS = [[44.6464, 42.7494, 1.8345, -17.1175, -11.0433], [12.3111, 9.1208, 2.1099, -16.0221, -7.2273],
+                  [5.9226, 2.2274, 0.0476, -8.8658, -11.3989], [1.591, -4.1678, -10.257, 3.0734, 0.6321]]
+SB_FILTER_SUMS = [0.19169, 0.81284, 1.91609, 6.44462]
+SB_FILTER_PEAKS = [1, 7, 45, 193]
+
+
+def test_speechbrain_fbank_matches_reference_values():
+    fe = SpeechBrainFbank80()
+    assert [round(float(fe.fbank[:, j].sum()), 4) for j in (0, 10, 40, 79)] == pytest.approx(SB_FILTER_SUMS, abs=1e-4)
+    assert [int(fe.fbank[:, j].argmax()) for j in (0, 10, 40, 79)] == SB_FILTER_PEAKS
+    t = torch.arange(8000, dtype=torch.float64) / SR
+    chirp = (0.5 * torch.sin(2 * math.pi * (100 * t + 2000 * t ** 2)) + 0.01 * torch.cos(2 * math.pi * 3000 * t)).float()
+    x = torch.zeros(2, 12000)
+    x[0, :8000] = chirp
+    x[1] = 0.2
+    feats, frames = fe(x, torch.tensor([8000, 12000]))
+    assert frames.tolist() == [51, 76]
+    got = [[float(feats[0, i, j]) for j in (0, 5, 20, 40, 79)] for i in (0, 10, 25, 49)]
+    assert np.allclose(got, SB_CHIRP_FEATS, atol=2e-3)
+
+
+def test_frontends_ignore_samples_beyond_length():
+    waves = clips((0.73, 0.41))
+    for fe in (Mel40(), SpeechBrainFbank80(), KaldiFbank80(), LogMel64()):
+        a, fa = fe(*batch_of(waves, junk=0.0))
+        b, fb = fe(*batch_of(waves, junk=0.9))
+        assert torch.equal(fa, fb)
+        for i in range(len(waves)):
+            torch.testing.assert_close(a[i, : fa[i]], b[i, : fb[i]], rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- GE2E
+
+# resemblyzer 0.1.4 pretrained.pt["model_state"]: 16 tensors.
+REF_GE2E = {"lstm.weight_ih_l0": (1024, 40), "lstm.weight_hh_l0": (1024, 256), "lstm.bias_ih_l1": (1024,),
+            "lstm.weight_ih_l2": (1024, 256), "lstm.bias_hh_l2": (1024,), "linear.weight": (256, 256),
+            "linear.bias": (256,), "similarity_weight": (1,), "similarity_bias": (1,)}
+REF_GE2E_COUNT = 16
+# start frames of resemblyzer's VoiceEncoder.compute_partial_slices(n, rate=1.3, min_coverage=0.75)
+REF_PARTIALS = {0: [0], 16000: [0], 30000: [0], 40000: [0, 77], 64000: [0, 77, 154, 231],
+                123457: [0, 77, 154, 231, 308, 385, 462, 539, 616]}
+
+
+def test_ge2e_partial_windows_match_resemblyzer():
+    for n, starts in REF_PARTIALS.items():
+        assert audio_ge2e.partial_starts(n) == starts, n
+
+
+def _pretrained() -> str:
+    try:
+        return str(audio_ge2e.pretrained_path())
+    except BackboneError as e:  # resemblyzer is a --no-deps install of the dev environment
+        pytest.skip(str(e))
+
+
+def test_ge2e_real_weights_shape_norm_padding_and_speakers():
+    path = _pretrained()
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert_layout(raw["model_state"], REF_GE2E, REF_GE2E_COUNT)
+    model, info = load_backbone("ge2e_lstm", path)
+    assert info["checkpoint_format"] == "resemblyzer pretrained.pt" and info["sha256"]
+    assert set(info["load_notes"]["dropped_keys"]) == {"similarity_weight", "similarity_bias"}
+    # 3 utterances each of two toy speakers, of different lengths (padding in the batch)
+    waves = ([toy_voice(*SPEAKER_A, s, seed) for s, seed in ((1.2, 1), (1.6, 2), (2.0, 3))]
+             + [toy_voice(*SPEAKER_B, s, seed) for s, seed in ((1.3, 4), (1.8, 5), (1.5, 6))])
+    emb = check_batch_vs_single(model, waves, rtol=1e-5, atol=1e-5)
+    assert emb.shape == (6, 256)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(6))
+    sim = emb @ emb.T
+    spk = torch.tensor([0, 0, 0, 1, 1, 1])
+    same = sim[(spk[:, None] == spk[None]) & ~torch.eye(6, dtype=torch.bool)]
+    diff = sim[spk[:, None] != spk[None]]
+    assert same.min() > diff.max() + 0.1 and same.mean() > diff.mean() + 0.3, (same, diff)
+
+
+def test_ge2e_converter_round_trip_and_file(tmp_path):
+    src = build("ge2e_lstm", seed=5)
+    published = audio_ge2e.to_resemblyzer(src)
+    assert_layout(published["model_state"], REF_GE2E, REF_GE2E_COUNT)
+    back, undone = audio_ge2e.ge2e_state_from_checkpoint(published)
+    assert back.keys() == src.state_dict().keys() and all(torch.equal(back[k], v) for k, v in src.state_dict().items())
+    assert set(undone["dropped_keys"]) == {"similarity_weight", "similarity_bias"}
+    prefixed = audio_ge2e.to_resemblyzer(src, prefix="module.")
+    assert all(k.startswith("module.") for k in prefixed["model_state"])
+    path = tmp_path / "enc.pt"
+    torch.save(prefixed, path)
+    model, info = load_backbone("ge2e_lstm", path, seed=99)
+    assert info["load_notes"]["stripped_prefixes"] == ["module."]
+    waves = clips((1.1,))
+    with torch.no_grad():
+        a = model(*batch_of(waves))
+        b = src(*batch_of(waves))
+    torch.testing.assert_close(a, b)
+
+
+def test_ge2e_volume_normalisation_is_increase_only():
+    x = torch.zeros(3, 1000)
+    x[0, :800] = 0.001 * torch.sin(torch.arange(800.0))      # quiet: raised to -30 dBFS
+    x[1, :900] = 0.5 * torch.sin(torch.arange(900.0))        # loud: unchanged
+    out = audio_ge2e.normalize_volume(x, torch.tensor([800, 900, 0]))
+    rms = out[0, :800].square().mean().sqrt()
+    assert 20 * math.log10(float(rms)) == pytest.approx(-30.0, abs=1e-3)
+    torch.testing.assert_close(out[1], x[1])
+    assert torch.equal(out[2], torch.zeros(1000))             # silent/empty: left alone
+
+
+def test_ge2e_missing_package_says_how_to_install(monkeypatch):
+    import importlib.metadata
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+
+    def no_dist(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "files", no_dist)
+    with pytest.raises(BackboneError) as ei:
+        audio_ge2e.pretrained_path()
+    assert "pip install --no-deps resemblyzer==0.1.4" in str(ei.value)
+
+
+def test_ge2e_mismatched_checkpoints(tmp_path):
+    state = build("ge2e_lstm").state_dict()
+    state["linear.weight"] = torch.zeros(128, 256)
+    path = tmp_path / "bad.pt"
+    torch.save(state, path)
+    with pytest.raises(BackboneError) as ei:
+        load_backbone("ge2e_lstm", path)
+    assert "linear.weight: checkpoint (128, 256) vs expected (256, 256)" in str(ei.value)
+    face = tmp_path / "face.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), face)
+    with pytest.raises(BackboneError) as ei:
+        load_backbone("ge2e_lstm", face)
+    msg = str(ei.value)
+    assert "torchvision ResNet" in msg and "lstm.weight_ih_l0" in msg
+
+
+# --------------------------------------------------------------------------- ECAPA-TDNN
+
+# speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN(80, channels=[C]*4 + [3C], lin_neurons=192)
+# .state_dict(): 231 tensors (spkrec-ecapa-voxceleb is C=1024).
+REF_SB_ECAPA = {
+    1024: {"blocks.0.conv.conv.weight": (1024, 80, 5), "blocks.1.tdnn1.conv.conv.weight": (1024, 1024, 1),
+           "blocks.1.res2net_block.blocks.0.conv.conv.weight": (128, 128, 3),
+           "blocks.3.res2net_block.blocks.6.norm.norm.running_var": (128,),
+           "blocks.1.se_block.conv1.conv.weight": (128, 1024, 1), "blocks.2.se_block.conv2.conv.weight": (1024, 128, 1),
+           "mfa.conv.conv.weight": (3072, 3072, 1), "asp.tdnn.conv.conv.weight": (128, 9216, 1),
+           "asp.conv.conv.weight": (3072, 128, 1), "asp_bn.norm.weight": (6144,), "fc.conv.weight": (192, 6144, 1)},
+    512: {"blocks.0.conv.conv.weight": (512, 80, 5), "blocks.1.res2net_block.blocks.0.conv.conv.weight": (64, 64, 3),
+          "blocks.1.se_block.conv1.conv.weight": (128, 512, 1), "mfa.conv.conv.weight": (1536, 1536, 1),
+          "asp.tdnn.conv.conv.weight": (128, 4608, 1), "asp_bn.norm.weight": (3072,), "fc.conv.weight": (192, 3072, 1)},
+}
+REF_SB_ECAPA_COUNT = 231
+# wespeaker.models.ecapa_tdnn.ECAPA_TDNN_GLOB_c{1024,512}(80, 192).state_dict(): 221 tensors
+# (avg_model.pt adds the training head projection.*).
+REF_WS_ECAPA = {
+    1024: {"layer1.conv.weight": (1024, 80, 5), "layer2.se_res2block.0.conv.weight": (1024, 1024, 1),
+           "layer2.se_res2block.1.convs.0.weight": (128, 128, 3), "layer4.se_res2block.1.bns.6.running_var": (128,),
+           "layer3.se_res2block.3.linear1.weight": (128, 1024), "conv.weight": (1536, 3072, 1),
+           "pool.linear1.weight": (128, 4608, 1), "pool.linear2.weight": (1536, 128, 1), "bn.weight": (3072,),
+           "linear.weight": (192, 3072)},
+    512: {"layer1.conv.weight": (512, 80, 5), "layer2.se_res2block.1.convs.0.weight": (64, 64, 3),
+          "layer3.se_res2block.3.linear1.weight": (128, 512), "conv.weight": (1536, 1536, 1),
+          "pool.linear1.weight": (128, 4608, 1), "bn.weight": (3072,), "linear.weight": (192, 3072)},
+}
+REF_WS_ECAPA_COUNT = 221
+
+
+def ecapa(channels: int, flavour: str, seed: int = 0) -> audio_ecapa.ECAPATDNN:
+    torch.manual_seed(seed)
+    m = audio_ecapa.ECAPATDNN(channels, flavour=flavour)
+    randomize_bn(m, seed)
+    return m.eval()
+
+
+@pytest.mark.parametrize("channels", [1024, 512])
+def test_ecapa_published_layouts(channels):
+    sb = audio_ecapa.to_published(ecapa(channels, "speechbrain"), "speechbrain")
+    assert_layout(sb, REF_SB_ECAPA[channels], REF_SB_ECAPA_COUNT)
+    ws = audio_ecapa.to_published(ecapa(channels, "wespeaker"), "wespeaker")
+    assert_layout(ws, REF_WS_ECAPA[channels], REF_WS_ECAPA_COUNT)
+
+
+@pytest.mark.parametrize("flavour", ["speechbrain", "wespeaker"])
+def test_ecapa_converters_round_trip_both_ways(flavour):
+    m = ecapa(512, flavour, seed=1)
+    ours = m.state_dict()
+    pub = audio_ecapa.to_published(m, flavour)
+    back = audio_ecapa.from_published(pub, flavour, ours.keys())
+    assert back.keys() == ours.keys() and all(torch.equal(back[k], ours[k]) for k in ours)
+    again = audio_ecapa.to_published(back, flavour)
+    assert again.keys() == pub.keys() and all(torch.equal(again[k], pub[k]) for k in pub)
+    wrapped = audio_ecapa.to_published(m, flavour, prefix="embedding_model.")
+    assert all(k.startswith("embedding_model.") for k in wrapped)
+    with pytest.raises(BackboneError, match="not part of"):
+        audio_ecapa.from_published({**pub, "extra.weight": torch.zeros(1)}, flavour, ours.keys())
+
+
+def test_ecapa_speechbrain_checkpoint_file(tmp_path):
+    src = ecapa(512, "speechbrain", seed=2)
+    path = tmp_path / "embedding_model.ckpt"
+    torch.save(audio_ecapa.to_published(src, "speechbrain"), path)
+    model, info = load_backbone("ecapa_tdnn_c512", path, seed=7)
+    assert info["checkpoint_format"] == "SpeechBrain embedding_model.ckpt" and info["frontend"] == "sb_fbank80"
+    assert info["load_notes"]["config"]["mfa_channels"] == 1536
+    waves = clips()
+    emb = check_batch_vs_single(model, waves)              # reflect padding at each clip's own end
+    assert emb.shape == (3, 192)
+    with torch.no_grad():
+        torch.testing.assert_close(emb, src(*batch_of(waves)))
+
+
+def test_ecapa_wespeaker_checkpoint_file(tmp_path):
+    src = ecapa(512, "wespeaker", seed=3)
+    state = audio_ecapa.to_published(src, "wespeaker", prefix="module.")
+    state["module.projection.weight"] = torch.randn(5994, 192)       # the training head in avg_model.pt
+    path = tmp_path / "avg_model.pt"
+    torch.save(state, path)
+    model, info = load_backbone("ecapa_tdnn_c512", path)
+    assert info["checkpoint_format"] == "WeSpeaker avg_model.pt" and info["frontend"] == "kaldi_fbank80"
+    assert info["load_notes"]["dropped_keys"] == ["projection.weight"]
+    assert info["load_notes"]["config"]["flavour"] == "wespeaker"
+    waves = clips()
+    emb = check_batch_vs_single(model, waves)
+    assert emb.shape == (3, 192)
+    with torch.no_grad():
+        torch.testing.assert_close(emb, src(*batch_of(waves)))
+
+
+def test_ecapa_c1024_builds_and_embeds(tmp_path):
+    model, info = load_backbone("ecapa_tdnn", "random")
+    assert info["frontend"] == "sb_fbank80" and model.channels == 1024 and model.mfa_channels == 3072
+    w = clips((0.6,))[0]
+    with torch.no_grad():
+        out = model(torch.from_numpy(w)[None], torch.tensor([len(w)]))
+    assert out.shape == (1, 192) and torch.isfinite(out).all()
+
+
+def test_ecapa_mismatched_checkpoints(tmp_path):
+    path = tmp_path / "c512.ckpt"
+    torch.save(audio_ecapa.to_published(ecapa(512, "speechbrain"), "speechbrain"), path)
+    with pytest.raises(BackboneError) as ei:
+        load_backbone("ecapa_tdnn", path)
+    assert "C=512" in str(ei.value) and "ecapa_tdnn_c512" in str(ei.value)
+    state = audio_ecapa.to_published(ecapa(512, "wespeaker"), "wespeaker")
+    state["linear.weight"], state["linear.bias"] = torch.zeros(256, 3072), torch.zeros(256)
+    torch.save(state, path)
+    with pytest.raises(BackboneError, match="embedding size 256"):
+        load_backbone("ecapa_tdnn_c512", path)
+    state = audio_ecapa.to_published(ecapa(512, "wespeaker"), "wespeaker")
+    state["layer2.se_res2block.1.convs.3.weight"] = torch.zeros(64, 64, 5)
+    torch.save(state, path)
+    with pytest.raises(BackboneError) as ei:
+        load_backbone("ecapa_tdnn_c512", path)
+    assert "shape mismatch" in str(ei.value) and "blocks.0.res2.convs.3.weight" in str(ei.value)
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    with pytest.raises(BackboneError) as ei:
+        load_backbone("ecapa_tdnn_c512", path)
+    assert "torchvision ResNet" in str(ei.value) and "WeSpeaker avg_model.pt" in str(ei.value)
+
+
+# --------------------------------------------------------------------------- ResNet34
+
+# wespeaker.models.resnet.ResNet34(feat_dim=80, embed_dim=256).state_dict(): 218 tensors.
+REF_WS_RESNET34 = {"conv1.weight": (32, 1, 3, 3), "layer1.0.conv1.weight": (32, 32, 3, 3),
+                   "layer2.0.shortcut.0.weight": (64, 32, 1, 1), "layer2.0.shortcut.1.running_mean": (64,),
+                   "layer3.5.conv2.weight": (128, 128, 3, 3), "layer4.2.bn2.weight": (256,),
+                   "seg_1.weight": (256, 5120)}
+REF_WS_RESNET34_COUNT = 218
+
+
+def test_resnet34_layout_round_trip_and_pyannote_style_file(tmp_path):
+    src = build("resnet34", seed=4)
+    pub = audio_resnet.to_wespeaker(src)
+    assert_layout(pub, REF_WS_RESNET34, REF_WS_RESNET34_COUNT)
+    wrapped = {"state_dict": {**audio_resnet.to_wespeaker(src, prefix="resnet."),
+                              "resnet.projection.weight": torch.zeros(10, 256)}}
+    back, undone = audio_resnet.from_wespeaker(wrapped)
+    assert undone["stripped_prefixes"] == ["resnet."] and undone["dropped_keys"] == ["projection.weight"]
+    assert back.keys() == pub.keys() and all(torch.equal(back[k], pub[k]) for k in pub)
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(wrapped, path)
+    model, info = load_backbone("resnet34", path)
+    assert info["checkpoint_format"] == "WeSpeaker avg_model.pt" and info["frontend"] == "kaldi_fbank80"
+    waves = clips((1.0, 0.31, 0.75))
+    emb = check_batch_vs_single(model, waves)
+    assert emb.shape == (3, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(emb, src(*batch_of(waves)))
+
+
+def test_resnet34_two_embedding_layers(tmp_path):
+    torch.manual_seed(0)
+    src = audio_resnet.WeSpeakerResNet(two_emb_layer=True)
+    randomize_bn(src)
+    src.eval()
+    state = audio_resnet.to_wespeaker(src, prefix="module.")
+    assert "module.seg_bn_1.running_mean" in state and "module.seg_2.weight" in state
+    path = tmp_path / "avg_model.pt"
+    torch.save(state, path)
+    model, info = load_backbone("resnet34", path)
+    assert info["load_notes"]["two_emb_layer"] is True
+    w = clips((0.5,))
+    with torch.no_grad():
+        torch.testing.assert_close(model(*batch_of(w)), src(*batch_of(w)))
+
+
+def test_resnet34_mismatched_checkpoints(tmp_path):
+    path = tmp_path / "r.pt"
+    small = audio_resnet.WeSpeakerResNet(layers=(2, 2, 2, 2))       # a WeSpeaker ResNet18
+    torch.save(small.state_dict(), path)
+    with pytest.raises(BackboneError, match=r"\[2, 2, 2, 2\].*\[3, 4, 6, 3\]"):
+        load_backbone("resnet34", path)
+    state = audio_resnet.to_wespeaker(build("resnet34"))
+    state["seg_1.weight"] = torch.zeros(512, 5120)
+    torch.save(state, path)
+    with pytest.raises(BackboneError, match=r"seg_1.weight: checkpoint \(512, 5120\) vs expected \(256, 5120\)"):
+        load_backbone("resnet34", path)
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    with pytest.raises(BackboneError) as ei:
+        load_backbone("resnet34", path)
+    assert "torchvision ResNet" in str(ei.value) and "seg_1" not in str(ei.value).split("--")[0]
+
+
+# --------------------------------------------------------------------------- MobileNetV2
+
+# torchvision.models.mobilenet_v2(num_classes=256) with features[0][0] = Conv2d(1, 32, 3, 2, 1):
+# 314 tensors.
+REF_MNV2 = {"features.0.0.weight": (32, 1, 3, 3), "features.1.conv.0.0.weight": (32, 1, 3, 3),
+            "features.1.conv.1.weight": (16, 32, 1, 1), "features.2.conv.0.0.weight": (96, 16, 1, 1),
+            "features.2.conv.1.0.weight": (96, 1, 3, 3), "features.14.conv.1.0.weight": (576, 1, 3, 3),
+            "features.17.conv.2.weight": (320, 960, 1, 1), "features.18.0.weight": (1280, 320, 1, 1),
+            "features.18.1.running_var": (1280,), "classifier.1.weight": (256, 1280)}
+REF_MNV2_COUNT = 314
+
+
+def torchvision_mnv2(num_classes: int = 256, stem_channels: int = 1) -> torch.nn.Module:
+    tv = torchvision.models.mobilenet_v2(num_classes=num_classes)
+    if stem_channels == 1:
+        tv.features[0][0] = torch.nn.Conv2d(1, 32, 3, 2, 1, bias=False)
+    randomize_bn(tv, 6)
+    return tv.eval()
+
+
+def test_mobilenet_layout_matches_torchvision_and_reference_output(tmp_path):
+    ours = build("mobilenetv2_mel")
+    pub = audio_mobilenet.to_torchvision(ours)
+    assert_layout(pub, REF_MNV2, REF_MNV2_COUNT)
+    tv = torchvision_mnv2()
+    ref = tv.state_dict()
+    assert list(pub) == list(ref) and all(pub[k].shape == ref[k].shape for k in ref)
+    path = tmp_path / "mnv2.pt"
+    torch.save(add_prefix(ref, "module."), path)
+    model, info = load_backbone("mobilenetv2_mel", path)
+    assert info["checkpoint_format"] == "torchvision mobilenet_v2" and info["frontend"] == "logmel64"
+    waves = clips((1.2, 0.66, 0.35))
+    emb = check_batch_vs_single(model, waves)
+    assert emb.shape == (3, 256)
+    fe = LogMel64()
+    with torch.no_grad():   # torchvision's own forward on each clip's log-mel image
+        for i, w in enumerate(waves):
+            feats, _ = fe(torch.from_numpy(w)[None], torch.tensor([len(w)]))
+            torch.testing.assert_close(emb[i], tv(feats.transpose(1, 2).unsqueeze(1))[0], rtol=1e-4, atol=1e-5)
+
+
+def test_mobilenet_imagenet_checkpoint_initialises_features(tmp_path):
+    tv = torchvision_mnv2(num_classes=1000, stem_channels=3)
+    path = tmp_path / "mobilenet_v2-imagenet.pth"
+    torch.save(tv.state_dict(), path)
+    model, info = load_backbone("mobilenetv2_mel", path)
+    assert info["checkpoint_format"] == "torchvision mobilenet_v2 (ImageNet init)"
+    assert "classifier" in info["load_notes"] and "stem" in info["load_notes"]
+    torch.testing.assert_close(model.features[0][0].weight, tv.features[0][0].weight.sum(1, keepdim=True))
+    assert torch.equal(model.features[5].conv[1][0].weight, tv.features[5].conv[1][0].weight)
+    w = clips((0.4,))
+    with torch.no_grad():
+        assert model(*batch_of(w)).shape == (1, 256)
+
+
+def test_mobilenet_mismatched_checkpoints(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save(torchvision_mnv2(num_classes=512).state_dict(), path)
+    with pytest.raises(BackboneError, match="512-d embeddings"):
+        load_backbone("mobilenetv2_mel", path)
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    with pytest.raises(BackboneError) as ei:
+        load_backbone("mobilenetv2_mel", path)
+    assert "torchvision ResNet" in str(ei.value) and "features.0.0.weight" in str(ei.value)
+
+
+def test_wave_contract_errors():
+    model = build("ecapa_tdnn_c512")
+    with pytest.raises(BackboneError, match=r"\(B, T\)"):
+        model(torch.zeros(2, 1, 100), torch.tensor([100, 100]))
+    with pytest.raises(BackboneError, match="outside"):
+        model(torch.zeros(2, 100), torch.tensor([100, 101]))
+
+
+@pytest.mark.parametrize("name", ["ge2e_lstm", "ecapa_tdnn_c512", "resnet34", "mobilenetv2_mel"])
+def test_bf16_autocast_agrees_with_fp32(name):
+    """Front-ends, the GE2E LSTM and pooling statistics stay float32 under autocast."""
+    model = build(name, seed=8)
+    x, n = batch_of(clips((1.0, 0.55)))
+    with torch.no_grad():
+        ref = model(x, n)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x, n)
+    assert low.dtype == torch.float32
+    assert float(torch.nn.functional.cosine_similarity(ref, low, dim=1).min()) >= 0.999
+
+
+@pytest.mark.parametrize("audio_name", ["resnet34", "ecapa_tdnn", "ge2e_lstm"])
+def test_face_backbone_checkpoint_given_to_audio_backbone(tmp_path, audio_name):
+    from extractors.registry import list_backbones
+
+    if "iresnet18" not in {e.name for e in list_backbones("face")}:
+        pytest.skip("face backbones not registered")
+    face, _ = load_backbone("iresnet18", "random")
+    path = tmp_path / "backbone.pth"
+    torch.save(face.state_dict(), path)               # an InsightFace-layout face checkpoint
+    with pytest.raises(BackboneError) as ei:
+        load_backbone(audio_name, path)
+    msg = str(ei.value)
+    assert "InsightFace IResNet" in msg and "(face)" in msg and "backbone.pth" in msg
+    assert "expects" in msg                            # ... and what was expected instead
