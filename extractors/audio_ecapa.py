@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from extractors.audio_frontends import KaldiFbank80, SpeechBrainFbank80, check_wave, no_autocast, valid_mask
-from extractors.checkpoints import (foreign_checkpoint_error, split_training_only, strip_prefixes,
-                                    unwrap_state_dict)
+from extractors.checkpoints import (cloned_state, foreign_checkpoint_error, split_training_only,
+                                    strip_prefixes, unwrap_state_dict)
 from extractors.registry import BackboneEntry, InputSpec, check_state_dict, register_backbone
 from pipeline.errors import BackboneError
 
@@ -279,10 +279,8 @@ def published_key(key: str, flavour: str) -> str:
 def to_published(source: nn.Module | Mapping[str, torch.Tensor], flavour: str, prefix: str = "") -> dict[str, torch.Tensor]:
     """Our module (or state dict) -> ``flavour``'s published layout, as ``torch.save``
     would write it (``prefix="embedding_model."``/``"module."`` for wrapped files)."""
-    state = source.state_dict() if isinstance(source, nn.Module) else dict(source)
     out = {}
-    for k, v in state.items():
-        v = v.detach().clone()
+    for k, v in cloned_state(source).items():
         if flavour == "speechbrain" and _SB_CONV_AS_LINEAR.fullmatch(k):
             v = v.unsqueeze(-1)
         out[prefix + published_key(k, flavour)] = v

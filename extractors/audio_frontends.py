@@ -61,6 +61,13 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
     return (x * m).sum(dim, keepdim=True) / n
 
 
+def subtract_clip_mean(feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """``feats (B, F, n)`` minus each clip's mean over its valid frames ``< frames[b]``
+    (cepstral/sentence mean normalisation)."""
+    valid = valid_mask(frames, feats.shape[1]).unsqueeze(2)
+    return feats - masked_mean(feats, valid, dim=1)
+
+
 def no_autocast(x: torch.Tensor):
     """Context that disables autocast on ``x``'s device: front-ends and pooling statistics
     always run in float32, also inside a bf16/fp16 ``torch.autocast`` region."""
@@ -190,6 +197,11 @@ class _FrontEnd(nn.Module):
     name: str = "frontend"
     n_features: int = 0
     sample_rate: int = 16000
+    hop: int = 160
+
+    def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames of a ``center=True`` STFT of each clip: ``1 + lengths // hop``."""
+        return 1 + torch.div(lengths, self.hop, rounding_mode="floor")
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(feats (B, F, n_features) float32, frames (B,) int64)``; always float32."""
@@ -214,9 +226,6 @@ class Mel40(_FrontEnd):
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
         self.register_buffer("fbank", slaney_mel_filterbank(16000, n_fft, n_mels), persistent=False)
 
-    def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
-        return 1 + torch.div(lengths, self.hop, rounding_mode="floor")
-
     def _features(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         wave = zero_beyond(wave.float(), lengths)
         power = power_spectrogram(wave, self.n_fft, self.hop, self.window)
@@ -234,9 +243,6 @@ class SpeechBrainFbank80(_FrontEnd):
         self.register_buffer("window", torch.hamming_window(n_fft, periodic=True), persistent=False)
         self.register_buffer("fbank", speechbrain_filterbank(16000, n_fft, n_mels), persistent=False)
 
-    def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
-        return 1 + torch.div(lengths, self.hop, rounding_mode="floor")
-
     def _features(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         wave = zero_beyond(wave.float(), lengths)
         fb = power_spectrogram(wave, self.n_fft, self.hop, self.window) @ self.fbank
@@ -244,8 +250,7 @@ class SpeechBrainFbank80(_FrontEnd):
         frames = self.num_frames(lengths)
         valid = valid_mask(frames, db.shape[1]).unsqueeze(2)
         ceiling = db.masked_fill(~valid, float("-inf")).amax(dim=(1, 2), keepdim=True) - self.top_db
-        db = torch.maximum(db, ceiling)
-        return db - masked_mean(db, valid, dim=1), frames
+        return subtract_clip_mean(torch.maximum(db, ceiling), frames), frames
 
 
 class KaldiFbank80(_FrontEnd):
@@ -277,8 +282,7 @@ class KaldiFbank80(_FrontEnd):
         power = torch.fft.rfft(frames).abs().pow(2.0)
         mel = torch.clamp(power @ self.fbank, min=torch.finfo(torch.float32).eps).log()
         n = self.num_frames(lengths)
-        valid = valid_mask(n, mel.shape[1]).unsqueeze(2)
-        return mel - masked_mean(mel, valid, dim=1), n
+        return subtract_clip_mean(mel, n), n
 
 
 class LogMel64(_FrontEnd):
@@ -292,15 +296,11 @@ class LogMel64(_FrontEnd):
         self.register_buffer("window", torch.hann_window(win, periodic=True), persistent=False)
         self.register_buffer("fbank", htk_mel_filterbank(16000, n_fft, n_mels), persistent=False)
 
-    def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
-        return 1 + torch.div(lengths, self.hop, rounding_mode="floor")
-
     def _features(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         wave = zero_beyond(wave.float(), lengths)
         mel = torch.log(power_spectrogram(wave, self.n_fft, self.hop, self.window) @ self.fbank + 1e-6)
         n = self.num_frames(lengths)
-        valid = valid_mask(n, mel.shape[1]).unsqueeze(2)
-        return mel - masked_mean(mel, valid, dim=1), n
+        return subtract_clip_mean(mel, n), n
 
 
 FRONTENDS: dict[str, type[_FrontEnd]] = {c.name: c for c in (Mel40, SpeechBrainFbank80, KaldiFbank80, LogMel64)}

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from extractors.audio_frontends import Mel40, check_wave, no_autocast, valid_mask
-from extractors.checkpoints import (add_prefix, foreign_checkpoint_error, split_training_only,
+from extractors.checkpoints import (add_prefix, cloned_state, foreign_checkpoint_error, split_training_only,
                                     strip_prefixes, unwrap_state_dict)
 from extractors.registry import BackboneEntry, InputSpec, check_state_dict, register_backbone
 from pipeline.errors import BackboneError
@@ -162,10 +162,9 @@ def to_resemblyzer(source: nn.Module | Mapping[str, torch.Tensor], prefix: str =
     """Our module (or its state dict) -> resemblyzer's ``pretrained.pt`` layout
     ``{"step": 0, "model_state": {...}}`` with the GE2E similarity scalars at their
     initial values (they are not part of the encoder)."""
-    state = source.state_dict() if isinstance(source, nn.Module) else dict(source)
     w, b = GE2E_SIMILARITY_INIT
     model_state = {"similarity_weight": torch.tensor([w]), "similarity_bias": torch.tensor([b])}
-    model_state.update({k: v.detach().clone() for k, v in state.items()})
+    model_state.update(cloned_state(source))
     return {"step": 0, "model_state": add_prefix(model_state, prefix) if prefix else model_state}
 
 

@@ -38,7 +38,8 @@ from torch import nn
 
 from extractors.audio_frontends import LogMel64, check_wave, no_autocast, valid_mask
 from extractors.audio_resnet import halve, mask_time
-from extractors.checkpoints import add_prefix, foreign_checkpoint_error, strip_prefixes, unwrap_state_dict
+from extractors.checkpoints import (add_prefix, cloned_state, foreign_checkpoint_error, strip_prefixes,
+                                    unwrap_state_dict)
 from extractors.registry import BackboneEntry, InputSpec, check_state_dict, register_backbone
 from pipeline.errors import BackboneError
 
@@ -128,8 +129,7 @@ class MobileNetV2Mel(nn.Module):
 
 def to_torchvision(source: nn.Module | Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """Our module (or state dict) -> torchvision ``mobilenet_v2`` layout (same names)."""
-    state = source.state_dict() if isinstance(source, nn.Module) else dict(source)
-    return add_prefix({k: v.detach().clone() for k, v in state.items()}, prefix)
+    return add_prefix(cloned_state(source), prefix)
 
 
 def from_torchvision(raw, own: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:

@@ -26,7 +26,6 @@ on the batch.
 
 from __future__ import annotations
 
-import re
 from typing import Mapping
 
 import torch
@@ -34,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from extractors.audio_frontends import KaldiFbank80, check_wave, no_autocast, valid_mask
-from extractors.checkpoints import (add_prefix, foreign_checkpoint_error, split_training_only, strip_prefixes,
-                                    unwrap_state_dict)
+from extractors.checkpoints import (add_prefix, blocks_per_stage, cloned_state, foreign_checkpoint_error,
+                                    split_training_only, strip_prefixes, unwrap_state_dict)
 from extractors.registry import BackboneEntry, InputSpec, check_state_dict, register_backbone
 from pipeline.errors import BackboneError
 
@@ -125,23 +124,10 @@ class WeSpeakerResNet(nn.Module):
 
 # --------------------------------------------------------------------------- checkpoints
 
-_BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.")
-
-
-def blocks_per_stage(keys) -> tuple[int, int, int, int]:
-    counts = [0, 0, 0, 0]
-    for k in keys:
-        m = _BLOCK.match(k)
-        if m:
-            counts[int(m.group(1)) - 1] = max(counts[int(m.group(1)) - 1], int(m.group(2)) + 1)
-    return tuple(counts)  # type: ignore[return-value]
-
-
 def to_wespeaker(source: nn.Module | Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """Our module (or state dict) -> WeSpeaker's ``avg_model.pt`` layout (same key names;
     ``prefix="module."``/``"resnet."`` for DDP / pyannote-wrapped files)."""
-    state = source.state_dict() if isinstance(source, nn.Module) else dict(source)
-    return add_prefix({k: v.detach().clone() for k, v in state.items()}, prefix)
+    return add_prefix(cloned_state(source), prefix)
 
 
 def from_wespeaker(raw) -> tuple[dict[str, torch.Tensor], dict]:

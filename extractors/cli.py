@@ -2,7 +2,8 @@
 spec, embedding size, accepted checkpoint formats, parameter count and (``--macs``)
 compute cost; ``--markdown`` prints the table of ``docs/backbones.md``.
 
-Cost definitions (:func:`measure_gmacs`): multiply-accumulates of one forward pass
+Cost definitions (:func:`measure_gmacs`, counting with
+:func:`extractors.checkpoints.forward_gmacs`): multiply-accumulates of one forward pass
 counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions, linear layers,
 matmuls -- the mel projections included; FFTs, norms, activations and pooling not
 counted), MACs = FLOPs / 2. ``nn.LSTM`` (not seen by the counter on CPU) is counted
@@ -21,42 +22,22 @@ import click
 AUDIO_SECONDS = 10.0
 
 
-def count_params(module) -> int:
-    """Number of parameter elements (buffers such as BN statistics excluded)."""
-    return sum(p.numel() for p in module.parameters())
-
-
 def measure_gmacs(entry, module, seconds: float = AUDIO_SECONDS) -> float:
-    """GMACs per second of audio (audio) or per face frame (face); see module doc."""
+    """GMACs per second of audio (audio: one ``seconds``-long clip of seeded noise at the
+    backbone's rate, divided by ``seconds``) or per face frame (face:
+    :func:`extractors.face_common.face_gmacs`); counting as in
+    :func:`extractors.checkpoints.forward_gmacs` (see module doc)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
-    lstm_macs = [0]
+    from extractors.checkpoints import forward_gmacs
+    from extractors.face_common import face_gmacs
 
-    def lstm_hook(mod, inputs, _out):
-        x = inputs[0]
-        steps = x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0]
-        for layer in range(mod.num_layers):
-            i = mod.input_size if layer == 0 else mod.hidden_size * (2 if mod.bidirectional else 1)
-            lstm_macs[0] += steps * 4 * mod.hidden_size * (i + mod.hidden_size) * (2 if mod.bidirectional else 1)
-
-    hooks = [m.register_forward_hook(lstm_hook) for m in module.modules() if isinstance(m, torch.nn.LSTM)]
     spec = entry.spec
-    module.eval()
-    try:
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
-            if spec.modality == "audio":
-                n = int(round(seconds * spec.sample_rate))
-                g = torch.Generator().manual_seed(0)
-                module(0.1 * torch.randn(1, n, generator=g), torch.tensor([n]))
-            else:
-                module(torch.zeros(1, 3, spec.crop, spec.crop))
-    finally:
-        for h in hooks:
-            h.remove()
-    macs = counter.get_total_flops() / 2 + lstm_macs[0]
-    return macs / 1e9 / (seconds if spec.modality == "audio" else 1.0)
+    if spec.modality != "audio":
+        return face_gmacs(module, spec.crop)
+    n = int(round(seconds * spec.sample_rate))
+    g = torch.Generator().manual_seed(0)
+    return forward_gmacs(module, 0.1 * torch.randn(1, n, generator=g), torch.tensor([n])) / seconds
 
 
 def input_text(spec) -> str:
@@ -71,6 +52,7 @@ def backbone_rows(modality: str | None = None, macs: bool = False, progress: boo
     formats, parameter count, description and (``macs``) GMACs."""
     import torch
 
+    from extractors.checkpoints import count_params
     from extractors.registry import list_backbones
 
     rows = []

@@ -1,18 +1,9 @@
-"""Shared helpers of the face backbones: checkpoint unwrapping, key-prefix conversion
-both ways, and cost measurement (parameters, MACs per face frame).
+"""Shared parts of the face backbones: normalisation constants, the input check, the
+checkpoint-loading steps both face loaders run (unwrap + strip prefixes with notes;
+fill missing BatchNorm counters + strict load), and the cost per face frame.
 
-Checkpoints arrive in several wrappings of the same state dict:
-
-* a raw ``state_dict`` (InsightFace ``backbone.pth``, torchvision ``resnet50-*.pth``);
-* nested in a dict under one of :data:`NESTING_KEYS` (``{"state_dict": ...}``,
-  ``{"model": ...}``, arcface_torch's resume file ``{"state_dict_backbone": ...}``);
-* with every key prefixed by one of :data:`KNOWN_PREFIXES` (``module.`` from
-  ``DataParallel``/``DistributedDataParallel``, ``backbone.`` from a wrapper module,
-  ``_orig_mod.`` from ``torch.compile``), possibly stacked (``module.backbone.``).
-
-:func:`unwrap_checkpoint` undoes the nesting, :func:`strip_prefixes` the prefixes
-(a prefix is stripped only when *every* key carries it), :func:`add_prefix` goes the
-other way (to write a DataParallel-style file).
+The generic checkpoint helpers (nesting, prefixes, parameter and MAC counts) live in
+:mod:`extractors.checkpoints`, shared with the audio backbones.
 """
 
 from __future__ import annotations
@@ -23,6 +14,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from extractors.checkpoints import forward_gmacs, strip_prefixes, unwrap_state_dict
+from extractors.registry import check_state_dict
 from pipeline.errors import BackboneError
 
 log = logging.getLogger("avfuse.extractors")
@@ -34,75 +27,18 @@ INSIGHTFACE_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-#: dict keys under which training scripts nest the backbone's state dict, tried in order.
-NESTING_KEYS: tuple[str, ...] = ("state_dict_backbone", "state_dict", "model_state_dict",
-                                 "model", "backbone", "net")
-#: key prefixes added by wrappers; stripped while every key carries one of them.
-KNOWN_PREFIXES: tuple[str, ...] = ("module.", "backbone.", "model.", "_orig_mod.")
 
-
-def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-
-
-def unwrap_checkpoint(raw: Any, name: str, notes: dict | None = None) -> dict[str, torch.Tensor]:
-    """Return the flat ``{key: tensor}`` state dict inside ``raw``.
-
-    ``raw`` is what ``torch.load(weights_only=True)`` returned. Nesting under
-    :data:`NESTING_KEYS` is undone (repeatedly; the keys followed are recorded in
-    ``notes["nested_under"]`` when ``notes`` is given). Anything else (a list, a tensor,
-    a dict with no tensors) raises :class:`BackboneError` naming what was found.
-    """
-    obj = raw
-    path: list[str] = []
-    for _ in range(4):  # nesting depth seen in the wild is at most 2
-        if _is_tensor_dict(obj):
-            if path and notes is not None:
-                notes["nested_under"] = path
-            return dict(obj)
-        if not isinstance(obj, Mapping):
-            break
-        key = next((k for k in NESTING_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
-        if key is None:
-            break
-        path.append(key)
-        obj = obj[key]
-    if isinstance(obj, Mapping):
-        non_tensor = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)][:5]
-        found = (f"a dict of {len(obj)} entries whose entries {non_tensor} are not tensors"
-                 if obj else "an empty dict")
-    else:
-        found = f"a {type(obj).__name__}"
-    raise BackboneError(
-        f"checkpoint for backbone {name!r} holds {found}, not a state dict",
-        hint="give a file saved with torch.save(model.state_dict()), or a dict nesting one under "
-             + "/".join(repr(k) for k in NESTING_KEYS))
-
-
-def strip_prefixes(state: Mapping[str, torch.Tensor],
-                   prefixes: tuple[str, ...] = KNOWN_PREFIXES) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Strip wrapper prefixes that *every* key carries, repeatedly (``module.backbone.x``
-    -> ``x``). Returns ``(state, stripped prefixes in order)``; keys that do not all share
-    a prefix are left alone."""
-    out = dict(state)
-    stripped: list[str] = []
-    changed = True
-    while changed and out:
-        changed = False
-        for p in prefixes:
-            if all(k.startswith(p) for k in out):
-                out = {k[len(p):]: v for k, v in out.items()}
-                stripped.append(p)
-                changed = True
-                break
-    return out, stripped
-
-
-def add_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`strip_prefixes` for one prefix: ``k -> prefix + k``
-    (e.g. ``"module."`` gives the layout ``DataParallel(model).state_dict()`` saves)."""
-    return {prefix + k: v for k, v in state.items()}
+def face_state_from_checkpoint(raw: Any, name: str, notes: dict) -> dict[str, torch.Tensor]:
+    """``raw`` (what ``torch.load`` returned) -> a flat state dict with nesting and wrapper
+    prefixes undone (:func:`extractors.checkpoints.unwrap_state_dict` and
+    :func:`~extractors.checkpoints.strip_prefixes`). Records ``notes["nested_under"]``
+    (the nesting keys followed) and ``notes["stripped_prefix"]`` (the stripped prefixes
+    joined, e.g. ``"module.backbone."``) when there was any, and logs the latter."""
+    state, stripped = strip_prefixes(unwrap_state_dict(raw, name, notes))
+    if stripped:
+        notes["stripped_prefix"] = "".join(stripped)
+        log.info("%s: stripped key prefix %s from the checkpoint", name, "".join(stripped))
+    return state
 
 
 def fill_bn_counters(state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> list[str]:
@@ -118,27 +54,26 @@ def fill_bn_counters(state: dict[str, torch.Tensor], own: Mapping[str, torch.Ten
     return filled
 
 
-def count_params(module: nn.Module) -> int:
-    """Number of parameter elements (learnable and frozen; buffers excluded)."""
-    return sum(p.numel() for p in module.parameters())
+def load_face_state(model: nn.Module, name: str, state: dict[str, torch.Tensor], notes: dict, fmt: str) -> None:
+    """The last step of both face loaders: fill missing BatchNorm counters (count in
+    ``notes["filled_bn_counters"]``), load ``state`` strictly with
+    :func:`extractors.registry.check_state_dict`, and set ``model.load_info`` to
+    ``{"format": fmt, **notes}`` (read by ``registry.load_backbone`` into
+    ``info["checkpoint_format"]``/``info["load_notes"]``)."""
+    filled = fill_bn_counters(state, model.state_dict())
+    if filled:
+        notes["filled_bn_counters"] = len(filled)
+        log.info("%s: checkpoint has no num_batches_tracked counters; filled %d with 0", name, len(filled))
+    check_state_dict(name, model, state, strict=True)
+    model.load_info = {"format": fmt, **notes}
 
 
-@torch.no_grad()
 def face_gmacs(module: nn.Module, crop: int) -> float:
-    """GMACs for one ``(1, 3, crop, crop)`` face frame, measured with
-    ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matmuls;
-    MACs = FLOPs / 2; BatchNorm/PReLU/ReLU/pooling are not counted)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was_training = module.training
-    module.eval()
+    """GMACs for one ``(1, 3, crop, crop)`` face frame
+    (:func:`extractors.checkpoints.forward_gmacs`: convolutions and matmuls, MACs =
+    FLOPs / 2; BatchNorm/PReLU/ReLU/pooling are not counted)."""
     dev = next(module.parameters()).device
-    x = torch.zeros(1, 3, crop, crop, device=dev)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        module(x)
-    module.train(was_training)
-    return counter.get_total_flops() / 2 / 1e9
+    return forward_gmacs(module, torch.zeros(1, 3, crop, crop, device=dev))
 
 
 def check_face_input(name: str, x: torch.Tensor, crop: int) -> None:

@@ -24,15 +24,15 @@ Input: ``(B, 3, 112, 112)`` float RGB normalised from [0, 1] with
 from __future__ import annotations
 
 import math
-import re
 from typing import Mapping
 
 import torch
 from torch import nn
 
+from extractors.checkpoints import add_prefix, blocks_per_stage, cloned_state
 from extractors.face_common import (INSIGHTFACE_MEAN, INSIGHTFACE_STD, check_face_input,
-                                    fill_bn_counters, log, strip_prefixes, unwrap_checkpoint)
-from extractors.registry import BackboneEntry, InputSpec, check_state_dict, register_backbone
+                                    face_state_from_checkpoint, load_face_state)
+from extractors.registry import BackboneEntry, InputSpec, register_backbone
 from pipeline.errors import BackboneError
 
 #: blocks per stage of each registered depth (from the reference's iresnetNN builders)
@@ -161,38 +161,20 @@ def build_iresnet(name: str) -> IResNet:
 
 # ----------------------------------------------------------------------------- checkpoints
 
-_BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
-
-
-def blocks_per_stage(keys) -> tuple[int, int, int, int]:
-    """Blocks per stage present in state-dict ``keys`` (``layerS.B.*`` -> max B + 1)."""
-    counts = [0, 0, 0, 0]
-    for k in keys:
-        m = _BLOCK_KEY.match(k)
-        if m:
-            s, b = int(m.group(1)) - 1, int(m.group(2))
-            counts[s] = max(counts[s], b + 1)
-    return tuple(counts)  # type: ignore[return-value]
-
-
 def iresnet_state_from_checkpoint(raw, name: str = "iresnet", notes: dict | None = None) -> dict[str, torch.Tensor]:
     """Published/wrapped checkpoint -> our module's state dict (same key names as the
     InsightFace ``backbone.pth``). Undoes nesting (``state_dict``, ``model``,
-    ``state_dict_backbone``) and ``module.``/``backbone.``/``_orig_mod.`` prefixes;
-    what was undone goes into ``notes`` when given."""
-    notes = {} if notes is None else notes
-    state, stripped = strip_prefixes(unwrap_checkpoint(raw, name, notes))
-    if stripped:
-        notes["stripped_prefix"] = "".join(stripped)
-        log.info("%s: stripped key prefix %s from the checkpoint", name, "".join(stripped))
-    return state
+    ``state_dict_backbone``, ... :data:`extractors.checkpoints.NESTING_KEYS`) and wrapper
+    prefixes (``module.``/``backbone.``/``_orig_mod.``, ...
+    :data:`extractors.checkpoints.WRAPPER_PREFIXES`); what was undone goes into ``notes``
+    when given."""
+    return face_state_from_checkpoint(raw, name, {} if notes is None else notes)
 
 
 def iresnet_to_published(source: nn.Module | Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """Our module (or its state dict) -> the InsightFace ``backbone.pth`` layout, as
     ``torch.save`` would write it; ``prefix="module."`` gives the DataParallel layout."""
-    state = source.state_dict() if isinstance(source, nn.Module) else dict(source)
-    return {prefix + k: v.detach().clone() for k, v in state.items()}
+    return add_prefix(cloned_state(source), prefix)
 
 
 def load_iresnet_state(model: IResNet, raw) -> None:
@@ -224,13 +206,7 @@ def load_iresnet_state(model: IResNet, raw) -> None:
             + (f" ({guess})" if guess else "") + f", but {name!r} expects {list(expected)}",
             hint=(f"use --face-backbone {guess}" if guess in REGISTERED else
                   f"give an {name} backbone.pth ({len(own)} tensors)"))
-    filled = fill_bn_counters(state, own)
-    if filled:
-        notes["filled_bn_counters"] = len(filled)
-        log.info("%s: checkpoint has no num_batches_tracked counters; filled %d with 0", name, len(filled))
-    check_state_dict(name, model, state, strict=True)
-    # read by registry.load_backbone into info["checkpoint_format"] / info["load_notes"]
-    model.load_info = {"format": "insightface backbone.pth", **notes}
+    load_face_state(model, name, state, notes, "insightface backbone.pth")
 
 
 def _register() -> None:

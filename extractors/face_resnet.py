@@ -28,9 +28,10 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from extractors.face_common import (IMAGENET_MEAN, IMAGENET_STD, check_face_input, fill_bn_counters,
-                                    log, strip_prefixes, unwrap_checkpoint)
-from extractors.registry import BackboneEntry, InputSpec, check_state_dict, register_backbone
+from extractors.checkpoints import add_prefix, blocks_per_stage, cloned_state
+from extractors.face_common import (IMAGENET_MEAN, IMAGENET_STD, check_face_input, face_state_from_checkpoint,
+                                    load_face_state, log)
+from extractors.registry import BackboneEntry, InputSpec, register_backbone
 from pipeline.errors import BackboneError
 
 CROP = 224
@@ -75,15 +76,10 @@ def guess_resnet_arch(keys) -> str | None:
     """Name of the torchvision ResNet whose block layout the state-dict ``keys`` show
     (``layerS.B.conv3`` present -> Bottleneck), or None."""
     keys = list(keys)
-    counts = [0, 0, 0, 0]
-    for k in keys:
-        parts = k.split(".")
-        if len(parts) > 2 and parts[0] in ("layer1", "layer2", "layer3", "layer4") and parts[1].isdigit():
-            s = int(parts[0][-1]) - 1
-            counts[s] = max(counts[s], int(parts[1]) + 1)
+    counts = blocks_per_stage(keys)
     bottleneck = any(k.endswith(".conv3.weight") for k in keys)
     for name, (block, layers, _) in RESNET_ARCHS.items():
-        if tuple(counts) == layers and (block is Bottleneck) == bottleneck:
+        if counts == layers and (block is Bottleneck) == bottleneck:
             return name
     return None
 
@@ -93,10 +89,7 @@ def resnet_state_from_checkpoint(raw, name: str = "resnet", notes: dict | None =
     then drop the ImageNet (or any) classifier ``fc.*`` with a log note; what was undone
     or dropped goes into ``notes`` when given."""
     notes = {} if notes is None else notes
-    state, stripped = strip_prefixes(unwrap_checkpoint(raw, name, notes))
-    if stripped:
-        notes["stripped_prefix"] = "".join(stripped)
-        log.info("%s: stripped key prefix %s from the checkpoint", name, "".join(stripped))
+    state = face_state_from_checkpoint(raw, name, notes)
     dropped = [f"{k} {tuple(state[k].shape)}" for k in CLASSIFIER_KEYS if k in state]
     if dropped:
         notes["dropped_classifier"] = dropped
@@ -113,11 +106,10 @@ def resnet_to_published(source: nn.Module | Mapping[str, torch.Tensor], prefix: 
     ``fc=(weight, bias)`` re-attaches a classifier (``(classes, D)``, ``(classes,)``) so
     the result loads into ``torchvision.models.resnetNN(num_classes=classes)``;
     ``prefix="module."`` gives the DataParallel layout."""
-    state = source.state_dict() if isinstance(source, nn.Module) else dict(source)
-    out = {k: v.detach().clone() for k, v in state.items()}
+    out = cloned_state(source)
     if fc is not None:
         out["fc.weight"], out["fc.bias"] = fc[0].detach().clone(), fc[1].detach().clone()
-    return {prefix + k: v for k, v in out.items()}
+    return add_prefix(out, prefix)
 
 
 def load_resnet_state(model: FaceResNet, raw) -> None:
@@ -147,13 +139,7 @@ def load_resnet_state(model: FaceResNet, raw) -> None:
             f"{expected[0].__name__} blocks {list(expected[1])}",
             hint=(f"use --face-backbone {found}" if found in REGISTERED else
                   f"give a torchvision {name} state dict ({len(own)} tensors)"))
-    filled = fill_bn_counters(state, own)
-    if filled:
-        notes["filled_bn_counters"] = len(filled)
-        log.info("%s: checkpoint has no num_batches_tracked counters; filled %d with 0", name, len(filled))
-    check_state_dict(name, model, state, strict=True)
-    # read by registry.load_backbone into info["checkpoint_format"] / info["load_notes"]
-    model.load_info = {"format": "torchvision resnet", **notes}
+    load_face_state(model, name, state, notes, "torchvision resnet")
 
 
 def _register() -> None:

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from extractors.face_common import (add_prefix, count_params, face_gmacs, strip_prefixes,
-                                    unwrap_checkpoint)
+from extractors.checkpoints import add_prefix, count_params, strip_prefixes, unwrap_state_dict
+from extractors.face_common import face_gmacs
 from extractors.face_iresnet import (IResNet, blocks_per_stage, build_iresnet, iresnet_to_published)
 from extractors.face_resnet import build_resnet, guess_resnet_arch, resnet_to_published
 from extractors.registry import get_backbone, load_backbone
@@ -356,7 +356,7 @@ def test_unreadable_checkpoints_raise(tmp_path):
     with pytest.raises(BackboneError, match="not found"):
         load_backbone("iresnet18", tmp_path / "nope.pth")
     with pytest.raises(BackboneError) as ei:
-        unwrap_checkpoint({}, "iresnet18")
+        unwrap_state_dict({}, "iresnet18")
     assert "empty dict" in str(ei.value)
 
 

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from torch import nn
 
 from extractors import checkpoints as ck
-from extractors.cli import backbones_cmd, count_params, measure_gmacs
+from extractors.checkpoints import count_params
+from extractors.cli import backbones_cmd, measure_gmacs
 from extractors.registry import (BackboneEntry, InputSpec, get_backbone, list_backbones, load_backbone,
                                  read_checkpoint, register_backbone)
 from pipeline.errors import BackboneError
