@@ -9,19 +9,23 @@ Formats (one trial per line, fields separated by spaces or tabs; blank lines ski
 A file is one or the other; a mix is an error. ``.gz`` files are read and written gzipped.
 Ids are normalised to clip ids by ``normalize_id`` ("spk/video/utt.wav" -> "spk/video/utt").
 
-Parsing works on the whole file at once: a vectorised numpy check that every line has the
-same number of fields, one ``bytes.split`` for all tokens, and a dict factorisation of the
-(few) distinct tokens, so that only the unique utterances are normalised. Any file that
-fails the fast check is re-read line by line, which either parses it (e.g. blank lines,
-tabs, CRLF) or raises ``TrialListError`` naming the first bad line. The 581,480-line
-VoxCeleb1-E list (.gz) parses and indexes in about 0.6-1.2 s on one core, about 1.9x
-faster than a per-line loop that normalises every token.
+Parsing works on the whole file at once, with no Python loop over lines or tokens for a
+clean ASCII file (``_vector_parse``): one byte compare finds every separator, the field
+pattern is checked on those positions, the id tokens are copied into fixed-width rows and
+factorised by a 64-bit hash (then compared byte for byte with their group's
+representative, so a collision cannot merge two ids), and ``normalize_id`` is applied,
+vectorised, to the distinct tokens only. Any other file
+(non-ASCII, tabs, CRLF, blank lines, bad lines ...) is parsed line by line
+(``_slow_parse``, the definition), which either parses it or raises ``TrialListError``
+naming the first bad line. See ``benchmarks/score_speed.py`` for timings on the
+581,480-line VoxCeleb1-E list.
 """
 
 from __future__ import annotations
 
 import codecs
 import gzip
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -146,16 +150,28 @@ def _read_bytes(path: Path) -> bytes:
     if path.is_dir():
         raise TrialListError("is a folder, not a trial list", path=path)
     try:
+        data = path.read_bytes()
         if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            data = path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+            data = _gunzip(data)
+    except (OSError, EOFError, zlib.error) as e:
         raise TrialListError(f"cannot read ({e})", path=path, hint="is it a complete .txt or .txt.gz file?") from None
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
     return data
+
+
+def _gunzip(raw: bytes) -> bytes:
+    """All members of a gzip stream (zero padding between members allowed, as ``gzip``
+    does), each inflated by one ``zlib`` call; a truncated stream raises ``EOFError``."""
+    parts = []
+    while True:
+        d = zlib.decompressobj(wbits=31)
+        parts.append(d.decompress(raw))
+        if not d.eof:
+            raise EOFError("compressed file ended before the end-of-stream marker was reached")
+        raw = d.unused_data.lstrip(b"\0")
+        if not raw:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def read_trials(path: str | Path) -> TrialList:
@@ -167,55 +183,171 @@ def read_trials(path: str | Path) -> TrialList:
     """
     path = Path(path)
     data = _read_bytes(path)
-    parsed = _fast_parse(data, path)
-    if parsed is None:
-        parsed = _slow_parse(data, path)
-    labels, keys, ei, ti, labeled = parsed
-    norm = np.array([normalize_id(k) for k in keys], dtype=str) if keys else np.array([], dtype=str)
-    tl = TrialList(path=str(path), labels=labels, enrol=norm[ei], test=norm[ti], labeled=labeled)
-    tl._index = _sorted_index(norm, ei, ti)
+    fast = _vector_parse(data)
+    if fast is not None:
+        labels, utts, ei, ti, labeled = fast
+    else:  # anything unusual: the line-by-line definition (and its error messages)
+        labels, keys, ei, ti, labeled = _slow_parse(data, path)
+        norm = np.array([normalize_id(k) for k in keys], dtype=str)
+        utts, ei, ti = _sorted_index(norm, ei, ti)
+    tl = TrialList(path=str(path), labels=labels, enrol=utts[ei], test=utts[ti], labeled=labeled)
+    tl._index = (utts, ei, ti)
     return tl
 
 
-def _fast_parse(data: bytes, path: Path):
-    """Whole-file parse of a clean list (single spaces, LF, no blank lines); None if not clean."""
-    if not data.strip():
-        raise TrialListError("empty trial list", path=path, hint="expected 'label enrol test' lines")
+# ------------------------------------------------------------------ vectorised parse
+_KEEP_BYTES = 256 << 20     # id-token rows kept in memory up to this size (else gathered twice)
+_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _vector_parse(data: bytes):
+    """Whole-file parse of a clean list; None unless the file is clean.
+
+    Clean = ASCII, fields separated by single spaces, lines ended by ``\\n`` (last one
+    optional), no blank lines, every line with the same 2 or 3 fields, labels 0/1.
+    Returns ``(labels, utts, enrol_idx, test_idx, labeled)`` with ``utts`` the sorted
+    unique normalised ids; the result equals ``_slow_parse`` + ``normalize_id`` on such a
+    file. No Python loop over lines or tokens: the separator positions come from one byte
+    compare, and the field count and separator pattern are checked on them.
+    """
     b = np.frombuffer(data, dtype=np.uint8)
-    ws = b <= 32
-    if ws[0] or (ws[1:] & ws[:-1]).any():
+    if not b.size or b.max() >= 128:
+        return None  # empty, or non-ASCII text (str.split / str.strip rules) -> slow path
+    if b[-1] != 10:
+        b = np.append(b, np.uint8(10))
+    sep = np.flatnonzero(b <= 32)
+    if sep[0] == 0 or (np.diff(sep) < 2).any():
         return None  # leading whitespace, blank lines, double separators, CRLF ...
-    seps = b[ws]
-    if len(seps) == 0 or seps[-1] != 10:
-        seps = np.append(seps, np.uint8(10))
-    first_nl = int(np.argmax(seps == 10))
-    nf = first_nl + 1  # fields on the first line
-    if nf not in (2, 3) or len(seps) % nf:
+    seps = b[sep]
+    nf = int(np.argmax(seps == 10)) + 1  # fields of the first line
+    if nf not in (2, 3) or len(sep) % nf:
         return None
     pattern = np.full(nf, 32, dtype=np.uint8)
     pattern[-1] = 10
     if not (seps.reshape(-1, nf) == pattern).all():
-        return None  # tabs, other control bytes, or lines with a different field count
-    toks = data.split()
+        return None  # tabs, other control bytes, or lines with another field count
+    n = len(sep) // nf
+    sep = sep.reshape(n, nf)
+    line_start = np.empty(n, dtype=sep.dtype)
+    line_start[0] = 0
+    line_start[1:] = sep[:-1, -1] + 1
     labeled = nf == 3
     if labeled:
-        lab = toks[0::3]
-        if not set(lab) <= {b"0", b"1"}:
+        lab = b[line_start]
+        if not ((sep[:, 0] == line_start + 1) & ((lab == 48) | (lab == 49))).all():
             return None  # the slow path names the line
-        labels = (np.frombuffer(b"".join(lab), dtype=np.uint8) - 48).astype(np.int8)
-        en, te = toks[1::3], toks[2::3]
+        labels = (lab - 48).astype(np.int8)
     else:
-        en, te = toks[0::2], toks[1::2]
-        labels = np.full(len(en), -1, dtype=np.int8)
-    table: dict[bytes, int] = {}
-    sd = table.setdefault
-    ei = np.array([sd(x, len(table)) for x in en], dtype=np.int64)
-    ti = np.array([sd(x, len(table)) for x in te], dtype=np.int64)
-    try:
-        keys = [k.decode("utf-8") for k in table]
-    except UnicodeDecodeError:
+        labels = np.full(n, -1, dtype=np.int8)
+    enrol_start = sep[:, 0] + 1 if labeled else line_start
+    tok_start = np.concatenate([enrol_start, sep[:, -2] + 1])                 # enrol, then test
+    tok_len = np.concatenate([sep[:, -2], sep[:, -1]]) - tok_start
+    tok = _factorize_tokens(b, tok_start, tok_len)
+    if tok is None:
         return None
-    return labels, keys, ei, ti, labeled
+    utts, idx = tok
+    return labels, utts, idx[:n], idx[n:], labeled
+
+
+def _factorize_tokens(b: np.ndarray, start: np.ndarray, length: np.ndarray):
+    """``(utts, idx)``: sorted unique ``normalize_id`` of the tokens ``b[start:start+length]``
+    (ASCII, non-empty) and each token's index into ``utts``; None on a hash collision.
+
+    Each token is copied into a zero-padded row of ``width`` bytes (a strided view of the
+    text), the rows are grouped by a 64-bit hash of their 8-byte words (one sort of the
+    hashes, runs of equal neighbours collapsed first), every
+    row is compared byte for byte with its group's representative (so a collision cannot
+    merge two ids: it returns None and the caller takes the slow path), and only the
+    distinct tokens are normalised (``_normalize_rows``) and sorted.
+    """
+    m = len(start)
+    longest = int(length.max())
+    width = -(-longest // 8) * 8
+    uniform = bool((length == longest).all())
+    padded = np.zeros(len(b) + width, dtype=np.uint8)
+    padded[:len(b)] = b
+    view = np.lib.stride_tricks.as_strided(padded, shape=(len(b), width), strides=(1, 1),
+                                           writeable=False)
+
+    def rows(sel) -> np.ndarray:
+        r = view[start[sel]]
+        if uniform:
+            r[:, longest:] = 0
+        else:
+            r *= np.arange(width)[None, :] < length[sel, None]
+        return r
+
+    keep = m * width <= _KEEP_BYTES
+    step = m if keep else max(1, _KEEP_BYTES // (4 * width))
+    h = np.empty(m, dtype=np.uint64)
+    kept = None
+    for a in range(0, m, step):
+        r = rows(slice(a, a + step))
+        w = r.view(np.uint64)
+        x = w[:, 0].copy()
+        for j in range(1, w.shape[1]):
+            x ^= x >> np.uint64(29)
+            x *= _HASH_MUL
+            x ^= w[:, j]
+        h[a:a + step] = x
+        if keep:
+            kept = r
+    # runs of equal neighbours (an enrolment utterance's trials are usually consecutive)
+    # are collapsed before the one sort; any member of a group may represent it
+    head = np.empty(m, dtype=bool)
+    head[0] = True
+    np.not_equal(h[1:], h[:-1], out=head[1:])
+    heads = np.flatnonzero(head)
+    order = np.argsort(h[heads])
+    hs = h[heads][order]
+    new = np.empty(len(heads), dtype=bool)
+    new[0] = True
+    np.not_equal(hs[1:], hs[:-1], out=new[1:])
+    group = np.empty(len(heads), dtype=np.int64)
+    group[order] = np.cumsum(new) - 1
+    inv = group[np.cumsum(head) - 1]
+    first = heads[order[new]]
+    rep = kept[first] if keep else rows(first)
+    rep64 = rep.view(np.uint64)
+    for a in range(0, m, step):
+        r = kept if keep else rows(slice(a, a + step))
+        if not (r.view(np.uint64) == rep64[inv[a:a + step]]).all():
+            return None
+    keys, key_len = _normalize_rows(rep, length[first])
+    utts_b, where = np.unique(keys.view(f"S{width}").reshape(-1), return_inverse=True)
+    utts = utts_b.astype(f"U{max(int(key_len.max()), 1)}")
+    return utts, where.reshape(-1).astype(np.int64)[inv]
+
+
+def _normalize_rows(rows: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``normalize_id`` of ASCII tokens held as zero-padded uint8 rows: ``(rows, lens)``.
+
+    Tokens with a backslash or a leading ``./`` (rare) go through ``normalize_id`` itself.
+    For the others (no whitespace: they are tokens) the rule reduces to: drop the last
+    ``len(ext)`` bytes when the token ends, case-insensitively, with one of
+    ``MEDIA_EXTENSIONS`` (an extension holds no ``/``, so its dot is then the last dot
+    and comes after the last ``/``).
+    """
+    rows = rows.copy()
+    n, width = rows.shape
+    special = (rows == 92).any(axis=1) | ((rows[:, 0] == 46) & (rows[:, min(1, width - 1)] == 47))
+    tail_n = max(len(e) for e in MEDIA_EXTENSIONS)
+    cols = lens[:, None] - tail_n + np.arange(tail_n)[None, :]
+    tail = rows[np.arange(n)[:, None], np.maximum(cols, 0)]
+    tail[cols < 0] = 0
+    tail |= ((tail >= 65) & (tail <= 90)).astype(np.uint8) << 5  # ASCII lower case
+    new_len = lens.copy()
+    for ext in MEDIA_EXTENSIONS:
+        e = np.frombuffer(ext.encode(), dtype=np.uint8)
+        hit = (tail[:, tail_n - len(e):] == e).all(axis=1) & ~special
+        new_len[hit] = lens[hit] - len(e)
+    rows *= np.arange(width)[None, :] < new_len[:, None]
+    for i in np.flatnonzero(special).tolist():
+        s = normalize_id(rows[i, :lens[i]].tobytes().decode("ascii")).encode("ascii")
+        rows[i] = 0
+        rows[i, :len(s)] = np.frombuffer(s, dtype=np.uint8)
+        new_len[i] = len(s)
+    return rows, new_len
 
 
 def _slow_parse(data: bytes, path: Path):

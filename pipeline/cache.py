@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -32,6 +32,7 @@ FORMAT = "avfuse-embedding-cache"
 FORMAT_VERSION = 1
 STAGES = ("decode", "backbone", "write")
 MODALITIES = ("audio", "face", "both", None)
+RUN_BYTES = 16 << 20  # a run of shards read in one backend call holds at most this many stored bytes
 _MODALITY_ARRAYS = {"audio": ("audio/clip", "audio/segments", "audio/segment_valid"),
                     "face": ("face/frames", "face/frame_valid", "face/clip")}
 
@@ -117,15 +118,18 @@ class EmbeddingCache:
         self.specs: dict[str, ArraySpec] = array_specs(self.layout, self.n_rows)
         self._backend.configure(self.specs, self.shard_size, self.n_shards)
         self._rows: dict[str, np.ndarray] | None = None
-        self._index: dict[str, int] | None = None
+        self._index: tuple[np.ndarray, np.ndarray | None] | None = None  # sorted ids, order
         self._markers: dict[int, dict] = {}
         self._done: set[int] = set()
         self.refresh()
 
     # ---- row metadata -------------------------------------------------
     def _row_meta(self, key: str) -> np.ndarray:
+        """``ids``/``speakers``/``splits``, each read and decoded once per open cache."""
         if self._rows is None:
-            self._rows = self._backend.read_rows()
+            self._rows = {}
+        if key not in self._rows:
+            self._rows[key] = self._backend.read_row_meta(key)
         return self._rows[key]
 
     @property
@@ -152,17 +156,37 @@ class EmbeddingCache:
         """Row of each id (int64). ``missing="mask"``: -1 for unknown ids; ``"raise"``: CacheError."""
         if missing not in ("raise", "mask"):
             raise CacheError(f"missing must be 'raise' or 'mask', got {missing!r}")
-        if self._index is None:
-            self._index = {s: i for i, s in enumerate(self.ids.tolist())}
-        ids = [ids] if isinstance(ids, str) else list(ids)
-        get = self._index.get
-        out = np.fromiter((get(str(s), -1) for s in ids), dtype=np.int64, count=len(ids))
+        if isinstance(ids, str):
+            ids = [ids]
+        if not (isinstance(ids, np.ndarray) and ids.dtype.kind == "U"):  # <U arrays as they are
+            ids = np.array([str(s) for s in ids], dtype=str)
+        ids = ids.reshape(-1)
+        out = self._lookup_ids(ids)
         if missing == "raise" and (out < 0).any():
             bad = [str(ids[i]) for i in np.flatnonzero(out < 0)[:5]]
             raise CacheError(f"{int((out < 0).sum())} of {len(ids)} ids are not in the cache "
                              f"(first: {', '.join(bad)})", path=self.path,
                              hint="extract them into a cache built from a manifest that has them")
         return out
+
+    def _lookup_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id of a ``<U`` array (-1 if absent), vectorised: binary search in
+        the cache's ids sorted once per open cache (ids are unique by construction)."""
+        if self._index is None:
+            cid = self.ids
+            in_order = len(cid) < 2 or bool((cid[1:] > cid[:-1]).all())
+            order = None if in_order else np.argsort(cid, kind="stable")
+            self._index = (cid if in_order else cid[order], order)
+        srt, order = self._index
+        if not len(ids):
+            return np.zeros(0, dtype=np.int64)
+        if not len(srt):
+            return np.full(len(ids), -1, dtype=np.int64)
+        pos = np.searchsorted(srt, ids)
+        pos[pos == len(srt)] = 0
+        hit = srt[pos] == ids
+        rows = pos if order is None else order[pos]
+        return np.where(hit, rows, -1).astype(np.int64)
 
     def split_rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.splits == split).astype(np.int64)
@@ -196,18 +220,20 @@ class EmbeddingCache:
         """The done marker of shard ``k`` ({"shard", "rows", "checksums", "failures"})."""
         if k not in self._done:
             raise self._not_done(k)
-        if k not in self._markers:
-            self._markers.update(self._backend.read_markers([k]))
+        if k not in self._markers:  # load every done marker not loaded yet, in one batch
+            self._load_markers()
         if k not in self._markers:
             raise CacheError(f"the done marker of shard {k} is unreadable", path=self.path,
                              hint="run `avfuse cache verify` and re-extract that shard")
         return self._markers[k]
 
-    def _load_markers(self) -> dict[int, dict]:
-        need = [k for k in sorted(self._done) if k not in self._markers]
+    def _load_markers(self, ks: Iterable[int] | None = None) -> dict[int, dict]:
+        """Markers of done shards ``ks`` (default all), reading the missing ones in one batch."""
+        ks = sorted(self._done) if ks is None else [k for k in ks if k in self._done]
+        need = [k for k in ks if k not in self._markers]
         if need:
             self._markers.update(self._backend.read_markers(need))
-        return {k: self._markers[k] for k in sorted(self._done) if k in self._markers}
+        return {k: self._markers[k] for k in ks if k in self._markers}
 
     def _not_done(self, k: int) -> CacheError:
         s = self.shard_slice(k)
@@ -236,11 +262,51 @@ class EmbeddingCache:
             raise CacheError(f"shard {k} of {name} is unreadable ({type(e).__name__}: {e})",
                              path=self.path, hint=self._repair_hint()) from e
         if check:
-            want = self.marker(k)["checksums"].get(name)
-            if want != crc32(block):
-                raise CacheError(f"shard {k} (rows {s.start}-{s.stop - 1}) of {name} is damaged: "
-                                 f"checksum mismatch", path=self.path, hint=self._repair_hint())
+            self._check_block(name, k, block)
         return block
+
+    def _check_block(self, name: str, k: int, block: np.ndarray) -> None:
+        if self.marker(k)["checksums"].get(name) != crc32(block):
+            s = self.shard_slice(k)
+            raise CacheError(f"shard {k} (rows {s.start}-{s.stop - 1}) of {name} is damaged: "
+                             f"checksum mismatch", path=self.path, hint=self._repair_hint())
+
+    def read_shards(self, name: str, k0: int, k1: int, check: bool = True
+                    ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(row_start, row_stop, block)`` covering shards ``k0 .. k1-1`` (all done), in order.
+
+        Consecutive shards are read in runs of up to ``RUN_BYTES`` stored bytes, one
+        backend call per run (``CacheBackend.read_shards``); each shard of a run is
+        crc-checked against its marker when ``check`` (markers loaded in one batch). A
+        run the backend cannot read is re-read shard by shard, so the error names the
+        unreadable shard; a not-done shard raises before anything is read.
+        """
+        spec = self._spec(name)
+        for k in range(k0, k1):
+            if k not in self._done:
+                raise self._not_done(k)
+        if check:
+            self._load_markers(range(k0, k1))
+        row_bytes = int(np.prod(spec.shape[1:], dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+        per_run = max(1, RUN_BYTES // max(1, row_bytes * self.shard_size))
+        for a in range(k0, k1, per_run):
+            b = min(a + per_run, k1)
+            start, stop = self.shard_slice(a).start, self.shard_slice(b - 1).stop
+            if b - a == 1:
+                yield start, stop, self.read_shard(name, a, check)
+                continue
+            try:
+                block = self._backend.read_shards(name, a, b)
+            except CacheError:
+                raise
+            except Exception:  # find and name the unreadable shard
+                block = np.concatenate([self.read_shard(name, k, check) for k in range(a, b)])
+            else:
+                if check:
+                    for k in range(a, b):
+                        s = self.shard_slice(k)
+                        self._check_block(name, k, block[s.start - start:s.stop - start])
+            yield start, stop, block
 
     def _repair_hint(self) -> str:
         return (f"`avfuse cache verify {self.path} --invalidate-damaged`, then rerun "
@@ -251,41 +317,49 @@ class EmbeddingCache:
         """Rows of array ``name`` (all rows when ``rows`` is None), in the order asked.
 
         Float arrays are cast to ``dtype`` (None: as stored); bool arrays stay bool.
-        Each shard touched is read once as a whole (one chunk per array) and
-        crc-checked. Rows of a not-done shard raise ``CacheError`` naming the shard,
-        unless ``allow_incomplete`` (they are then zero/False; see ``done_mask``).
+        Each shard touched is read once as a whole and crc-checked; runs of consecutive
+        shards are read in one backend call (``read_shards``) and the rows are placed
+        with one gather per run (no Python loop over rows). Rows of a not-done shard
+        raise ``CacheError`` naming the shard, unless ``allow_incomplete`` (they are then
+        zero/False; see ``done_mask``).
         """
         spec = self._spec(name)
         out_dtype = spec.dtype if (dtype is None or spec.dtype == "bool") else np.dtype(dtype)
+        ss = self.shard_size
         if rows is None:
             idx = None
             n = self.n_rows
+            need = np.ones(self.n_shards, dtype=bool)
         else:
             idx = np.asarray(rows, dtype=np.int64).reshape(-1)
             if idx.size and (idx.min() < 0 or idx.max() >= self.n_rows):
                 raise CacheError(f"row index out of range [0, {self.n_rows})", path=self.path)
             n = idx.size
-        out = np.zeros((n, *spec.shape[1:]), dtype=out_dtype)
-        if idx is None:
-            for k in range(self.n_shards):
-                s = self.shard_slice(k)
-                if k in self._done:
-                    out[s] = self.read_shard(name, k, check)
-                elif not allow_incomplete:
-                    raise self._not_done(k)
+            need = np.zeros(self.n_shards, dtype=bool)
+            need[idx // ss] = True
+        done = np.zeros(self.n_shards, dtype=bool)
+        done[list(self._done)] = True
+        pending = need & ~done
+        if pending.any() and not allow_incomplete:
+            raise self._not_done(int(np.argmax(pending)))
+        out = (np.zeros if pending.any() else np.empty)((n, *spec.shape[1:]), dtype=out_dtype)
+        ks = np.flatnonzero(need & done)
+        if not len(ks):
             return out
-        shard = idx // self.shard_size
-        order = np.argsort(shard, kind="stable")
-        ks, starts = np.unique(shard[order], return_index=True)
-        bounds = list(starts) + [len(order)]
-        for j, k in enumerate(ks.tolist()):
-            pos = order[bounds[j]:bounds[j + 1]]
-            if k not in self._done:
-                if allow_incomplete:
+        if idx is not None:
+            in_order = idx.size < 2 or bool((idx[1:] >= idx[:-1]).all())
+            order = None if in_order else np.argsort(idx, kind="stable")
+            sidx = idx if in_order else idx[order]
+        breaks = np.flatnonzero(np.diff(ks) != 1) + 1          # runs of consecutive shards
+        for run in np.split(ks, breaks):
+            for start, stop, block in self.read_shards(name, int(run[0]), int(run[-1]) + 1, check):
+                if idx is None:
+                    out[start:stop] = block
                     continue
-                raise self._not_done(k)
-            block = self.read_shard(name, k, check)
-            out[pos] = block[idx[pos] - k * self.shard_size]
+                lo, hi = np.searchsorted(sidx, (start, stop))
+                if hi > lo:
+                    dst = slice(lo, hi) if order is None else order[lo:hi]
+                    out[dst] = block[sidx[lo:hi] - start]
         return out
 
     def array(self, name: str, dtype: Any = None) -> CacheArray:

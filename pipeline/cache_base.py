@@ -278,6 +278,25 @@ class CacheBackend(ABC):
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` (within one shard) of ``name``, stored dtype."""
 
+    def read_shards(self, name: str, k0: int, k1: int) -> np.ndarray:
+        """All rows of shards ``k0 .. k1-1`` of ``name`` (stored dtype) in one array.
+
+        Default: one ``read`` per shard; a backend that can read a run of chunks in one
+        call (Zarr) overrides it."""
+        ss, n = self.shard_size, self.specs[name].shape[0]
+        parts = [self.read(name, k * ss, min((k + 1) * ss, n)) for k in range(k0, k1)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def read_row_meta(self, key: str) -> np.ndarray:
+        """One of ``ids``/``speakers``/``splits`` as a numpy str array.
+
+        Default: via ``read_rows`` (all three read once, kept); a backend that can read
+        one alone overrides it, so that ``cache.ids`` does not decode the others."""
+        cached = getattr(self, "_row_meta_cache", None)
+        if cached is None:
+            cached = self._row_meta_cache = self.read_rows()
+        return cached[key]
+
     def finalize(self) -> None:
         """Bring the main store up to date (HDF5 merges staged shards)."""
 
@@ -342,19 +361,25 @@ class CacheArray:
         return self.shape[0]
 
     def _range(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)``: whole shards through ``cache.read_shards`` (runs of shards
+        in one backend call, crc-checked), partly covered edge shards read unchecked."""
         c = self._cache
         out = np.zeros((max(stop - start, 0), *self.shape[1:]), dtype=self.dtype)
+        if stop <= start:
+            return out
         ss = c.shard_size
-        for k in range(start // ss, -(-stop // ss) if stop > start else start // ss):
-            s = c.shard_slice(k)
-            lo, hi = max(start, s.start), min(stop, s.stop)
+        k0, k1 = start // ss, -(-stop // ss)
+        for k in range(k0, k1):
             if k not in c._done:
                 raise c._not_done(k)
-            if lo == s.start and hi == s.stop:
-                block = c.read_shard(self.name, k)
-            else:
-                block = c._backend.read(self.name, lo, hi)
-            out[lo - start:hi - start] = block
+        full0 = k0 if start == k0 * ss else k0 + 1                       # first whole shard
+        full1 = k1 if stop == min(k1 * ss, c.n_rows) else k1 - 1         # end of whole shards
+        for k in {k0, k1 - 1} - set(range(full0, full1)):
+            s = c.shard_slice(k)
+            lo, hi = max(start, s.start), min(stop, s.stop)
+            out[lo - start:hi - start] = c._backend.read(self.name, lo, hi)
+        for a, b, block in c.read_shards(self.name, full0, full1):
+            out[a - start:b - start] = block
         return out
 
     def __getitem__(self, key: Any) -> np.ndarray:

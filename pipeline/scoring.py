@@ -76,11 +76,15 @@ def parse_mode(mode: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return MODES[mode]
 
 
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows divided by their L2 norm (float32); all-zero rows stay zero."""
+def l2_normalize(x: np.ndarray, eps: float = 1e-12, *, inplace: bool = False) -> np.ndarray:
+    """Rows divided by their L2 norm (float32); all-zero rows stay zero. ``inplace``: divide
+    ``x`` itself when it is a writeable float32 array (no second table in memory)."""
     x = np.asarray(x, dtype=np.float32)
     n = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
-    return x / np.maximum(n, eps)
+    np.maximum(n, eps, out=n)
+    if inplace and x.flags.writeable:
+        return np.divide(x, n, out=x)
+    return x / n
 
 
 def row_dot(enrol: np.ndarray, test: np.ndarray, enrol_idx: np.ndarray, test_idx: np.ndarray,
@@ -141,6 +145,10 @@ def score_channels(channels: Sequence[Channel], enrol_idx: np.ndarray, test_idx:
             from pipeline.norm import apply_stats
             s = apply_stats(s, enrol_idx, test_idx, *ch.stats)
         ok = ch.enrol_valid[enrol_idx] & ch.test_valid[test_idx]
+        if len(channels) == 1:  # one channel: its scores as they are (the mean of one value)
+            s = np.asarray(s, dtype=np.float32)
+            s[~ok] = np.nan
+            return s, ok
         total[ok] += s[ok]
         count += ok
     scorable = count > 0
@@ -337,7 +345,7 @@ def build_channels(cache, rows_e: np.ndarray, rows_t: np.ndarray | None, mode: s
                                    path=cache.path, hint="score a mode of the modalities it has")
             tabs = []
             for r in ([rows_e] if shared else [rows_e, rows_t]):
-                emb = l2_normalize(read_rows(cache, name, r))
+                emb = l2_normalize(read_rows(cache, name, r), inplace=True)  # a fresh table
                 ok = read_rows(cache, flag, r, dtype=bool).astype(bool) if cache.has(flag) \
                     else np.ones(len(r), dtype=bool)
                 tabs.append((emb, ok))
@@ -475,6 +483,8 @@ def _compact(n: int, *idx: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     mask = np.zeros(n, dtype=bool)
     for a in idx:
         mask[a] = True
+    if mask.all():  # the common case (every utterance used): nothing to remap
+        return np.arange(n), [np.asarray(a, dtype=np.int64) for a in idx]
     used = np.flatnonzero(mask)
     loc = np.cumsum(mask, dtype=np.int64) - 1
     return used, [loc[a] for a in idx]

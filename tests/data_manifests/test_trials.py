@@ -174,3 +174,55 @@ def test_subprocess_bad_file_exits_2_with_one_line(tmp_path):
     err = p.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"avfuse: error: {bad}:2: got 2 fields")
     assert "Traceback" not in p.stderr
+
+
+def _random_clean_list(rng: np.random.Generator, n: int, labeled: bool) -> bytes:
+    """A clean ASCII list with ids of varied lengths, extensions (any case), ``./`` and
+    backslash prefixes, dots in folders, and the same clip written in several ways."""
+    exts = ["", ".wav", ".WAV", ".flac", ".m4a", ".Mp4", ".opus", ".txt", ".wav.wav"]
+    base = [f"id{rng.integers(0, 30):05d}/{'v.x' if rng.random() < 0.2 else 'vid'}{rng.integers(0, 9)}"
+            f"/{rng.integers(0, 10 ** rng.integers(1, 9)):05d}" for _ in range(60)]
+
+    def tok() -> str:
+        t = base[rng.integers(0, len(base))] + exts[rng.integers(0, len(exts))]
+        r = rng.random()
+        return "./" + t if r < 0.05 else t.replace("/", "\\") if r < 0.1 else t
+
+    lines = [(f"{rng.integers(0, 2)} " if labeled else "") + f"{tok()} {tok()}" for _ in range(n)]
+    return ("\n".join(lines) + ("\n" if rng.random() < 0.5 else "")).encode()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_parse_equals_the_line_by_line_definition(seed):
+    from data_manifests import trials as T
+    rng = np.random.default_rng(seed)
+    data = _random_clean_list(rng, int(rng.integers(1, 400)), labeled=seed % 2 == 0)
+    fast = T._vector_parse(data)
+    assert fast is not None  # a clean file takes the vectorised path
+    labels, keys, ei, ti, labeled = T._slow_parse(data, Path("mem"))
+    norm = np.array([normalize_id(k) for k in keys], dtype=str)
+    assert labeled == fast[4] and np.array_equal(labels, fast[0])
+    utts, e, t = fast[1], fast[2], fast[3]
+    assert np.array_equal(utts[e], norm[ei]) and np.array_equal(utts[t], norm[ti])
+    assert utts.tolist() == sorted(set(norm.tolist()))
+    assert e.dtype == np.int64 and t.dtype == np.int64
+
+
+def test_hash_collisions_fall_back_to_the_exact_path(monkeypatch, tmp_path):
+    """With a degenerate hash (only the last 8 bytes count) distinct ids collide; the byte
+    comparison must catch it and the slow path must give the right answer."""
+    from data_manifests import trials as T
+    data = b"1 aaaaaaaa00000001.wav bbbbbbbb00000001.wav\n0 aaaaaaaa00000001.wav cccccccc00000002.wav\n"
+    monkeypatch.setattr(T, "_HASH_MUL", np.uint64(0))
+    assert T._vector_parse(data) is None
+    p = tmp_path / "collide.txt"
+    p.write_bytes(data)
+    tl = read_trials(p)
+    assert tl.enrol.tolist() == ["aaaaaaaa00000001"] * 2
+    assert tl.test.tolist() == ["bbbbbbbb00000001", "cccccccc00000002"]
+
+
+def test_real_list_takes_the_vectorised_path(voxceleb_dir):
+    from data_manifests import trials as T
+    data = T._read_bytes(voxceleb_dir / "list_test_all.txt.gz")
+    assert T._vector_parse(data) is not None
