@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"avfuse: error: {e}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
-        click.echo("avfuse: interrupted", err=True)
+        click.echo("avfuse: interrupted (work finished so far is kept; rerun to resume)", err=True)
         sys.exit(130)
     except KeyboardInterrupt:
         click.echo("avfuse: interrupted (work finished so far is kept; rerun to resume)", err=True)

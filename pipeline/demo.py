@@ -96,7 +96,7 @@ def _train(out: Path, cache_path: Path, report: dict, heads, epochs: int) -> Pat
         save_head(path, head, checkpoint_meta(cfg, cache, history))
         last = history[-1] if history else {}
         dev = min((h["dev_eer"] for h in history if h.get("dev_eer") is not None), default=None)
-        dev_txt = f"best dev EER {dev:.2f}%" if dev is not None else ""
+        dev_txt = f"best dev EER {100 * dev:.2f}%" if dev is not None else ""
         click.echo(f"    {name:16s} {len(history)} epoch(s) in {time.perf_counter() - t0:5.1f} s  {dev_txt}"
                    f"{'  (calibrated, no training)' if 'epoch' not in last else ''}", err=True)
     return runs
