@@ -1,0 +1,275 @@
+"""Train a fusion head on in-memory cached embeddings.
+
+The split is loaded into memory once (``fusion.data.load_split``; on the GPU when
+there is one); each epoch permutes the row indices and slices mini-batches straight
+out of those tensors: no per-item ``Dataset``/``DataLoader`` on the hot path.
+
+Per step: gather rows, cast to float32, randomly mask one modality of a sample with
+probability ``mask_prob`` (only samples that have both; the masked modality becomes
+*absent*, exactly like a missing one), embed each of the head's training views,
+AAM-softmax (or softmax) loss averaged over the views, AdamW, linear warm-up then
+cosine decay of the learning rate, gradient-norm clipping. bfloat16 autocast on CUDA.
+A fixed ``seed`` gives the same head (same device, same thread count).
+
+``score_avg`` is not trained: it is calibrated on the dev trials (or, without
+them, on balanced random pairs of the training split).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fusion.batch import EmbeddingBatch
+from fusion.data import load_split, resolve_device
+from fusion.dev import DevSet, dev_eer, dev_set_from_trials, pseudo_dev_set
+from fusion.losses import LOSSES, make_loss
+from fusion.registry import get_head
+from pipeline.config import to_dict
+from pipeline.errors import ConfigError, TrainingError
+
+
+@dataclass
+class TrainConfig:
+    """Training options (JSON round-trip: ``pipeline.config.to_dict``/``from_dict``).
+
+    ``margin``/``scale`` None: the head's AAM defaults (dca/jca/cross_attention
+    0.4/64; mean/mlp/multiview 0.2/30, see ``fusion.losses``). ``temperature`` None:
+    the head's default (0.1 for dca); only gate heads accept it.
+    """
+
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: float = 0.05              # fraction of all steps with linear LR warm-up
+    grad_clip: float = 5.0            # max gradient norm (0: off)
+    mask_prob: float = 0.3            # P(mask audio or face of a sample), never both
+    loss: str = "aam"                 # "aam" | "softmax"
+    margin: float | None = None
+    scale: float | None = None
+    temperature: float | None = None
+    head_options: dict = field(default_factory=dict)
+    seed: int = 0
+    split: str = "train"
+    device: str = "auto"              # "auto": cuda when available
+    amp: bool = True                  # bfloat16 autocast on CUDA
+    patience: int = 5                 # early stopping (epochs without dev improvement; 0: off)
+    drop_bad_rows: bool = False
+    dev_mode: str = "AVxAV"           # which mode's dev EER drives early stopping
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 2, "batch size must be >= 2"),
+            (self.lr > 0, "learning rate must be positive"),
+            (0.0 <= self.mask_prob < 1.0, "mask probability must be in [0, 1)"),
+            (0.0 <= self.warmup < 1.0, "warmup must be a fraction in [0, 1)"),
+            (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}"),
+            (self.temperature is None or self.temperature > 0, "temperature must be positive"),
+            (self.patience >= 0, "patience must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg, hint="see `avfuse train --help`")
+
+
+def _dims(batch: EmbeddingBatch) -> tuple[int, int]:
+    a = batch.audio_clip if batch.audio_clip is not None else batch.audio_seq
+    v = batch.face_clip if batch.face_clip is not None else batch.face_seq
+    if a is None or v is None:
+        raise TrainingError("fusion heads need both audio and face embeddings in the batch")
+    return int(a.shape[-1]), int(v.shape[-1])
+
+
+def _resolve_data(data, cfg: TrainConfig, need_sequences: bool, device: torch.device):
+    """-> (batch, labels, cache or None)."""
+    if isinstance(data, tuple):
+        batch, labels = data[0], data[1]
+        if not isinstance(batch, EmbeddingBatch):
+            raise TypeError("train_head data must be a cache, a cache path or (EmbeddingBatch, labels)")
+        if need_sequences and not batch.has_sequences:
+            from pipeline.errors import HeadError
+            raise HeadError("this head needs per-step sequences (audio_seq, face_seq) in the batch",
+                            hint="re-extract the cache with --segments/--frames")
+        if int(torch.unique(labels).numel()) < 2:
+            raise TrainingError(f"training needs at least 2 identities, got {int(torch.unique(labels).numel())}")
+        return batch.to(device), torch.as_tensor(labels).long().to(device), None
+    cache = data
+    if isinstance(data, (str, Path)):
+        from pipeline.cache import open_cache
+        cache = open_cache(data)
+    batch, labels, _ids = load_split(cache, cfg.split, need_sequences, device=device,
+                                     drop_bad_rows=cfg.drop_bad_rows)
+    return batch, labels, cache
+
+
+def _resolve_dev(dev_trials, cache, need_sequences: bool, device) -> DevSet | None:
+    if dev_trials is None or isinstance(dev_trials, DevSet):
+        return None if dev_trials is None else dev_trials.to(device)
+    if cache is None:
+        raise ConfigError("a dev trial list needs a cache to read its clips from",
+                          hint="pass a DevSet when training from in-memory tensors")
+    return dev_set_from_trials(cache, dev_trials, need_sequences, device=device)
+
+
+def _lr_factor(step: int, total: int, warmup: float) -> float:
+    w = max(1, int(round(warmup * total)))
+    if step < w:
+        return (step + 1) / w
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
+
+
+def _mask_modalities(batch: EmbeddingBatch, p: float, gen: torch.Generator) -> EmbeddingBatch:
+    """With probability ``p`` per sample (that has both), drop audio or face (50/50)."""
+    both = batch.has_audio & batch.has_face
+    r = torch.rand(len(batch), generator=gen, device=batch.device)
+    which = torch.rand(len(batch), generator=gen, device=batch.device) < 0.5
+    drop = (r < p) & both
+    return batch.masked(drop & which, drop & ~which)
+
+
+def build_for_training(head_name: str, cfg: TrainConfig, audio_dim: int, face_dim: int):
+    entry = get_head(head_name)
+    options = dict(cfg.head_options)
+    if cfg.temperature is not None:
+        options["temperature"] = cfg.temperature
+    return entry.build(audio_dim, face_dim, **options)
+
+
+def train_head(data, head_name: str, cfg: TrainConfig | None = None, dev_trials=None, *,
+               progress: bool | None = None) -> tuple[Any, list[dict]]:
+    """Train (or, for ``score_avg``, calibrate) head ``head_name``; returns ``(head in eval mode, history)``.
+
+    ``data``: an ``EmbeddingCache``, a cache path, or ``(EmbeddingBatch, labels)``.
+    ``dev_trials``: None, a ``DevSet``, or (with a cache) a trial-list path / ``TrialList``;
+    with one, the dev EER (``cfg.dev_mode``) is computed after every epoch, the best
+    epoch's weights are kept, and training stops after ``cfg.patience`` epochs without
+    improvement. ``history``: one dict per epoch (``epoch, loss, acc, seconds,
+    clips_per_s, lr`` and ``dev_eer``), or for ``score_avg`` one calibration dict.
+    ``progress``: tqdm bar on stderr (None: only on a TTY).
+    """
+    cfg = cfg or TrainConfig()
+    cfg.validate()
+    entry = get_head(head_name)
+    device = resolve_device(cfg.device)
+    batch, labels, cache = _resolve_data(data, cfg, entry.needs_sequences, device)
+    dev = _resolve_dev(dev_trials, cache, entry.needs_sequences, device)
+    audio_dim, face_dim = _dims(batch)
+
+    torch.manual_seed(cfg.seed)
+    head = build_for_training(head_name, cfg, audio_dim, face_dim).to(device)
+    if not entry.trainable:
+        cal = dev if dev is not None else pseudo_dev_set(batch, labels, seed=cfg.seed)
+        info = head.calibrate(cal.batch.float(), cal.enrol_idx, cal.test_idx, cal.labels)
+        info["calibrated_on"] = "dev trials" if dev is not None else "random pairs of the training split"
+        return head.eval(), [info]
+
+    head.fit_inputs(batch)
+    n, n_classes = len(batch), int(labels.max()) + 1
+    margin = head.default_margin if cfg.margin is None else cfg.margin
+    scale = head.default_scale if cfg.scale is None else cfg.scale
+    loss_fn = make_loss(cfg.loss, head.embedding_dim, n_classes, margin, scale).to(device)
+    params = list(head.parameters()) + list(loss_fn.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed)
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = math.ceil(n / bs)
+    total = steps_per_epoch * cfg.epochs
+    use_amp = cfg.amp and device.type == "cuda"
+
+    history: list[dict] = []
+    best = (math.inf, None, -1)
+    bad_epochs, step = 0, 0
+    bar = tqdm(total=total, desc=f"train {head_name}", unit="batch", disable=(None if progress is None
+                                                                              else not progress), leave=False)
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            head.train(); loss_fn.train()
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, generator=gen, device=device)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device)
+            seen = torch.zeros((), device=device)
+            for s in range(0, n, bs):
+                idx = perm[s:s + bs]
+                if idx.numel() < 2:
+                    continue
+                mb = batch[idx].float()
+                y = labels.index_select(0, idx)
+                if cfg.mask_prob > 0:
+                    mb = _mask_modalities(mb, cfg.mask_prob, gen)
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * _lr_factor(step, total, cfg.warmup)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    views = head.train_views(mb)
+                    losses = []
+                    for vi, (_view, emb, rows) in enumerate(views):
+                        loss_v, logits = loss_fn(emb[rows], y[rows])
+                        losses.append(loss_v)
+                        if vi == 0:
+                            correct += (logits.argmax(1) == y[rows]).sum()
+                            seen += rows.sum()
+                    loss = torch.stack(losses).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                loss_sum += loss.detach() * idx.numel()
+                step += 1
+                bar.update(1)
+                if step % 20 == 0 or s + bs >= n:
+                    el = time.perf_counter() - t0
+                    bar.set_postfix(epoch=epoch, loss=f"{float(loss_sum) / max(1, s + idx.numel()):.3f}",
+                                    acc=f"{float(correct) / max(1.0, float(seen)):.3f}",
+                                    clips_s=f"{(s + idx.numel()) / max(el, 1e-9):.0f}")
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            secs = time.perf_counter() - t0
+            rec = {"epoch": epoch, "loss": float(loss_sum) / n, "acc": float(correct) / max(1.0, float(seen)),
+                   "seconds": secs, "clips_per_s": n / max(secs, 1e-9), "lr": opt.param_groups[0]["lr"]}
+            if dev is not None:
+                rec["dev_eer"] = dev_eer(head, dev, cfg.dev_mode)
+                if rec["dev_eer"] < best[0]:
+                    best = (rec["dev_eer"], copy.deepcopy(head.state_dict()), epoch)
+                    bad_epochs = 0
+                else:
+                    bad_epochs += 1
+            history.append(rec)
+            if dev is not None and cfg.patience and bad_epochs >= cfg.patience:
+                break
+    finally:
+        bar.close()
+    if best[1] is not None:
+        head.load_state_dict(best[1])
+        history[-1]["best_epoch"] = best[2]
+    return head.eval(), history
+
+
+def checkpoint_meta(cfg: TrainConfig, cache=None, history: list[dict] | None = None,
+                    n_classes: int | None = None) -> dict:
+    """The ``meta`` ``avfuse train`` stores next to the weights: TrainConfig, cache fingerprint, history."""
+    meta: dict[str, Any] = {"train_config": to_dict(cfg), "history": history or []}
+    if n_classes is not None:
+        meta["n_classes"] = int(n_classes)
+    if cache is not None:
+        meta["cache_fingerprint"] = cache.fingerprint
+        meta["cache_provenance"] = cache.provenance
+        meta["cache_path"] = str(cache.path)
+    try:
+        from pipeline import __version__
+        meta["avfuse_version"] = __version__
+    except ImportError:  # pragma: no cover
+        pass
+    return meta
+

@@ -1,0 +1,98 @@
+"""Fixtures of the fusion tests.
+
+``toy_cache`` (session): the toy corpus made by the real pipeline functions,
+``data_manifests.synth.synthesize`` (real m4a/mp4 media) then
+``pipeline.extract.run_extract`` with ge2e_lstm (the packaged pretrained weights,
+256-d) and iresnet18 (seeded random init, 512-d), 8 audio segments and 8 face
+frames per clip, into a Zarr cache. It is built once per test session under
+pytest's tmp dir; set ``AVFUSE_TOY_DIR=/some/dir`` to keep it between sessions
+(the folder name carries a fingerprint of the settings and of the source files that
+make the cache, so any change to them builds a fresh one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+# the toy corpus of the quality gates (see tests/fusion/test_quality.py for why this size)
+TOY_SYNTH = {"speakers": 100, "videos_per_speaker": 2, "clips_per_video": 3, "seed": 0,
+             "split_fractions": (0.6, 0.1, 0.3)}
+TOY_EXTRACT = {"audio_backbone": "ge2e_lstm", "audio_weights": "pretrained", "face_backbone": "iresnet18",
+               "face_weights": "random", "segments": 8, "frames": 8, "shard_size": 64, "seed": 0}
+SOURCES = ["data_manifests/synth*.py", "data_manifests/manifest.py", "data_manifests/trials.py",
+           "extractors/*.py", "pipeline/extract*.py", "pipeline/cache*.py"]
+
+
+@dataclass(frozen=True)
+class ToyCache:
+    """Paths of the extracted toy corpus."""
+
+    cache_path: Path          # the Zarr embedding cache
+    corpus_dir: Path          # media + manifest.jsonl + trials/
+    manifest: Path
+    dev_trials: Path          # trials/dev.txt (labelled, dev-split speakers)
+    test_trials: Path         # trials/test.txt (labelled, test-split speakers)
+
+    def open(self):
+        from pipeline.cache import open_cache
+        return open_cache(self.cache_path)
+
+
+def _fingerprint() -> str:
+    h = hashlib.sha256(repr((sorted(TOY_SYNTH.items()), sorted(TOY_EXTRACT.items()))).encode())
+    for pattern in SOURCES:
+        for f in sorted(REPO.glob(pattern)):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def build_toy_cache(root: Path) -> ToyCache:
+    """Synthesize + extract into ``root`` (resumes / reuses a complete earlier build)."""
+    from data_manifests.synth import synthesize
+    from pipeline.cache import open_cache
+    from pipeline.extract import run_extract
+    from pipeline.extract_shard import ExtractConfig
+
+    corpus, cache_path = root / "corpus", root / "toy.zarr"
+    if not (corpus / "manifest.jsonl").exists():
+        synthesize(corpus, layout="vox2", workers=2, progress=False, overwrite=True, **TOY_SYNTH)
+    done = False
+    if cache_path.exists():
+        try:
+            done = open_cache(cache_path).is_complete
+        except Exception:  # noqa: BLE001 - a half-made store is rebuilt below
+            done = False
+    if not done:
+        cfg = ExtractConfig(**TOY_EXTRACT, batch_size=16, num_workers=1, device="cpu")
+        run_extract(corpus / "manifest.jsonl", cache_path, cfg, overwrite=False, progress=False)
+    return ToyCache(cache_path, corpus, corpus / "manifest.jsonl", corpus / "trials" / "dev.txt",
+                    corpus / "trials" / "test.txt")
+
+
+@pytest.fixture(scope="session")
+def toy_cache(tmp_path_factory) -> ToyCache:
+    keep = os.environ.get("AVFUSE_TOY_DIR")
+    root = Path(keep) / f"toy-{_fingerprint()}" if keep else tmp_path_factory.mktemp("toy")
+    root.mkdir(parents=True, exist_ok=True)
+    return build_toy_cache(root)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small models on a shared 2-core box: one thread avoids oversubscription stalls.
+
+    Module-scoped so that it is in force before the modules' own module fixtures
+    (trained heads) are built, and restored after each module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
