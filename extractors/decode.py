@@ -131,6 +131,8 @@ def _load_pyav_audio(path: str) -> tuple[np.ndarray, int]:
                               hint="give an audio_path for this clip, or leave the audio out")
         stream = container.streams.audio[0]
         sr = stream.codec_context.sample_rate or stream.rate
+        declared = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
+                    else (container.duration / 1e6 if container.duration else None))
         resampler = av.AudioResampler(format="fltp")  # keep rate and layout, planar float
         chunks: list[np.ndarray] = []
         try:
@@ -147,6 +149,12 @@ def _load_pyav_audio(path: str) -> tuple[np.ndarray, int]:
     if not chunks or not sr:
         raise DecodeError("no audio samples decoded", path=path, hint="the audio stream is empty")
     data = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
+    got = data.shape[1] / float(sr)
+    # a truncated faststart file (index first) decodes up to the cut without an error:
+    # compare with the duration the container declares (AAC priming/padding is a few frames)
+    if declared and declared - got > max(0.05 * declared, 3 * 1024 / float(sr)):
+        raise DecodeError(f"truncated: decoded {got:.2f} s of the {declared:.2f} s the file declares",
+                          path=path, hint="the file is truncated or corrupt; re-download it")
     return (data.mean(axis=0) if data.shape[0] > 1 else data[0]), int(sr)
 
 

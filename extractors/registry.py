@@ -165,7 +165,8 @@ def read_checkpoint(path: str | Path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = " ".join(str(e).split())
-        glob = re.search(r"Unsupported global: (GLOBAL \S+)", text)
+        glob = (re.search(r"Unsupported global: (GLOBAL \S+)", text)
+                or re.search(r"unsupported (GLOBAL \S+)", text))
         if glob:
             raise BackboneError("checkpoint is not a plain state dict: torch.load(weights_only=True) refused "
                                 f"to unpickle {glob.group(1)} (a pickled object or module, not tensors)", path=path,

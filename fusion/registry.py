@@ -19,6 +19,7 @@ import importlib
 import inspect
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,11 @@ def load_head(path: str | Path, device: str = "cpu"):
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise HeadError(f"not a readable head checkpoint ({type(e).__name__}: {e})", path=path,
+        text = " ".join(str(e).split())
+        glob = re.search(r"unsupported (GLOBAL \S+)", text, re.IGNORECASE)
+        why = (f"torch.load(weights_only=True) refused to unpickle {glob.group(1)}" if glob
+               else f"{type(e).__name__}: {text[:200]}")
+        raise HeadError(f"not a readable head checkpoint ({why})", path=path,
                         hint="was it written by `avfuse train`? retrain if the file is damaged") from e
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise HeadError(f"not an avfuse head checkpoint (expected format {CHECKPOINT_FORMAT})", path=path,

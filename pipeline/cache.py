@@ -99,6 +99,10 @@ class EmbeddingCache:
         header = self._backend.read_header()
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise CacheError("not an avfuse embedding cache (no avfuse header)", path=self.path)
+        if not isinstance(header.get("format_version", 0), int):
+            raise CacheError(f"the cache header is damaged (format_version "
+                             f"{header.get('format_version')!r} is not an int)", path=self.path,
+                             hint="re-extract into a new cache")
         if header.get("format_version", 0) > FORMAT_VERSION:
             raise CacheError(f"cache format version {header['format_version']} is newer than this "
                              f"avfuse understands ({FORMAT_VERSION})", path=self.path,
@@ -109,8 +113,17 @@ class EmbeddingCache:
             self.layout = CacheLayout(**header["layout"])
             self.provenance: dict = header["provenance"]
             self.fingerprint: str = header["fingerprint"]
-            self.n_rows: int = int(header["n_rows"])
-        except (KeyError, TypeError, ValueError) as e:
+            self.layout.validate()
+            for key in ("audio_dim", "face_dim", "segments", "frames", "shard_size"):
+                if (getattr(self.layout, key) or 0) > 2 ** 31:
+                    raise ValueError(f"layout {key} {getattr(self.layout, key)} is out of range")
+            if not isinstance(header["n_rows"], int) or isinstance(header["n_rows"], bool) \
+                    or header["n_rows"] < 1:
+                raise ValueError(f"n_rows must be a positive int, got {header['n_rows']!r}")
+            self.n_rows: int = header["n_rows"]
+            if not isinstance(self.provenance, dict) or not isinstance(self.fingerprint, str):
+                raise TypeError("provenance must be an object and fingerprint a string")
+        except (KeyError, TypeError, ValueError, OverflowError, ZeroDivisionError) as e:
             raise CacheError(f"the cache header is damaged ({type(e).__name__}: {e})", path=self.path,
                              hint="re-extract into a new cache") from e
         self.shard_size: int = self.layout.shard_size
@@ -121,6 +134,10 @@ class EmbeddingCache:
         self._index: tuple[np.ndarray, np.ndarray | None] | None = None  # sorted ids, order
         self._markers: dict[int, dict] = {}
         self._done: set[int] = set()
+        n_ids = self._backend.row_count() if hasattr(self._backend, "row_count") else None
+        if n_ids is not None and n_ids != self.n_rows:
+            raise CacheError(f"the cache header is damaged (n_rows {self.n_rows} but {n_ids} stored ids)",
+                             path=self.path, hint="re-extract into a new cache")
         self.refresh()
 
     # ---- row metadata -------------------------------------------------

@@ -79,7 +79,12 @@ class CacheWriter(EmbeddingCache):
         marker = {"shard": k, "rows": [s.start, s.stop],
                   "checksums": {name: crc32(a) for name, a in stored.items()},
                   "failures": self._check_failures(k, s, failures)}
-        self._backend.write_shard(k, s.start, s.stop, stored, marker)
+        try:
+            self._backend.write_shard(k, s.start, s.stop, stored, marker)
+        except OSError as e:  # ENOSPC, EFBIG, EDQUOT...: one clear line, the done shards stay valid
+            raise CacheError(f"cannot write shard {k}: {e.strerror or e}", path=self.path,
+                             hint=f"free disk space (or raise the file-size limit) and rerun: the "
+                                  f"{len(self._done)} done shard(s) are kept and the run resumes") from e
         self._done.add(k)
         self._markers[k] = json.loads(json.dumps(marker))
 

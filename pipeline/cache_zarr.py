@@ -124,10 +124,22 @@ class ZarrBackend(CacheBackend):
         except Exception as e:
             raise CacheError(f"not a readable Zarr v3 store ({type(e).__name__}: {e})",
                              path=self.path) from e
-        return dict(g.attrs.get("avfuse", {}))
+        header = g.attrs.get("avfuse", {})
+        if not isinstance(header, dict):
+            raise CacheError(f"the cache header is damaged (the 'avfuse' attribute is a "
+                             f"{type(header).__name__}, not an object)", path=self.path,
+                             hint="re-extract into a new cache")
+        return dict(header)
 
     def read_rows(self) -> dict[str, np.ndarray]:
         return {key: self.read_row_meta(key) for key in ROW_META}
+
+    def row_count(self) -> int | None:
+        """The stored ids' length, from the array metadata alone (no data read)."""
+        try:
+            return int(_zarr().open_array(str(self.path), path="ids", mode="r").shape[0])
+        except Exception:  # noqa: BLE001 - reported as unreadable row metadata on first use
+            return None
 
     def read_row_meta(self, key: str) -> np.ndarray:
         """One row-metadata array as a fixed-width numpy str (``<U``) array."""

@@ -59,7 +59,7 @@ from pipeline.distributed_cluster import ClusterOptions, open_cluster
 from pipeline.distributed_worker import (PLUGIN_NAME, ExtractPlugin, _probe, _running_keys, decode_task,
                                          embed_task, free_models, shard_task)
 from pipeline.errors import AvfuseError, CacheError, ClusterError
-from pipeline.extract import ExtractConfig, ExtractSummary, prepare_extract
+from pipeline.extract import ExtractConfig, ExtractSummary, prepare_extract, repair_and_pending
 from pipeline.extract_shard import ShardStats
 
 __all__ = ["ClusterOptions", "DistributedSummary", "ExtractPlugin", "open_cluster", "run_distributed",
@@ -203,7 +203,7 @@ def run_distributed(manifest: str | Path, cache: str | Path, cfg: ExtractConfig,
                                    "your dask-jobqueue cluster's scale()), then rerun") from e
             _check_workers(client, path, records, cfg.device, log)
             _wait_for_orphans(client, prefix, log)
-            pending = writer.pending_shards()
+            pending = repair_and_pending(writer)
             if pending:
                 client.register_plugin(ExtractPlugin(wcfg, expected, torch_threads),
                                        name=PLUGIN_NAME)

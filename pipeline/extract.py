@@ -143,7 +143,7 @@ def run_extract(manifest: str | Path, cache: str | Path, cfg: ExtractConfig, *, 
     cfg, records, models, writer = prepare_extract(manifest, cache, cfg, overwrite=overwrite)
     try:
         with writer.lock():
-            pending = writer.pending_shards()
+            pending = repair_and_pending(writer, progress)
             todo_rows = sum(writer.shard_slice(k).stop - writer.shard_slice(k).start for k in pending)
             with tqdm(total=writer.n_rows, initial=writer.n_rows - todo_rows, unit="clip", dynamic_ncols=True,
                       disable=not progress, file=sys.stderr, desc="extract", smoothing=0.1) as bar:
@@ -158,6 +158,20 @@ def run_extract(manifest: str | Path, cache: str | Path, cfg: ExtractConfig, *, 
                          seconds=time.perf_counter() - t_start)
     finally:
         writer.close()
+
+
+def repair_and_pending(writer, progress: bool = False) -> list[int]:
+    """The shards to compute: the not-done ones plus done shards whose stored data is damaged
+    (a deleted or corrupted chunk, a clobbered marker), which are invalidated first. Reads each
+    done shard once to check its checksums: on a fresh cache this costs nothing."""
+    pending = writer.pending_shards()
+    bad = writer.damaged_shards(progress=progress) if writer.done_shards() else []
+    if bad:
+        print(f"avfuse: {len(bad)} damaged shard(s) will be recomputed: {bad[:8]}"
+              f"{' ...' if len(bad) > 8 else ''}", file=sys.stderr)
+        for k in bad:
+            writer.invalidate_shard(k)
+    return sorted(set(pending) | set(bad))
 
 
 def compute_pending(writer, records: Sequence, cfg: ExtractConfig, models: Models, shards: Sequence[int], *,

@@ -259,6 +259,22 @@ def decode_clip(rec, spec: DecodeSpec) -> DecodedClip:
 def _worker_init(_: int) -> None:
     import torch
     torch.set_num_threads(1)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this decode worker when its parent dies (kill -9 of
+    ``avfuse extract`` would otherwise orphan it, blocked flushing into a dead queue)."""
+    import ctypes
+    import os
+    import signal
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux/glibc: nothing to do
+        return
+    if os.getppid() == 1:  # the parent is already gone
+        os._exit(0)
 
 
 class _DecodeDataset:

@@ -305,8 +305,8 @@ def embed_rows(cache, rows: np.ndarray, head, use: Sequence[str], *, batch_size:
     return out
 
 
-def _preview(ids: Sequence[str], n: int = 5) -> str:
-    ids = list(ids)
+def _preview(ids: Sequence[str], n: int = 5, width: int = 80) -> str:
+    ids = [i if len(i) <= width else i[:width] + "..." for i in list(ids)[:n]] + list(ids)[n:]
     more = f" ... (+{len(ids) - n} more)" if len(ids) > n else ""
     return ", ".join(ids[:n]) + more
 
