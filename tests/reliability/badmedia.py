@@ -55,7 +55,7 @@ class Case:
     record: ClipRecord
     expect: Expect
     checks: tuple = ()      # extra checks: "short", "long", "mixdown", "frames_valid", "same_as_toy"
-    bug: str | None = None  # a known bug: ``expect`` is the correct outcome, ``does`` what happens now
+    bug: str | None = None  # a bug found here: ``expect`` is the correct outcome, ``does`` what happened
 
 
 DA, DF = ("decode", "audio"), ("decode", "face")

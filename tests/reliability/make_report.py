@@ -122,10 +122,14 @@ def section_kills(work: Path, base: Path) -> tuple[list[str], dict]:
             "| kill | point | seconds after start | shards done before / after | half-written shards left "
             "(chunks, no marker) | stale lock left | decode workers: at the kill / still alive |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
-    first_wait = next((k for k in r.log if k["mode"] == "after_shards"), None)
+    first_wait = next((k for k in r.log if k["mode"] != "startup"), None)
     for k in r.log:
-        point = (f"start-up + {k['delay']:.2f} s" if k["mode"] == "startup"
-                 else f"{k['more']} more shard(s) done + {k['delay']:.2f} s")
+        if k["mode"] == "startup":
+            point = f"start-up (at {k['delay']:.2f} s or when the lock is taken)"
+        elif k["mode"] == "compute":
+            point = f"{k['more']} more shard(s) done + {1000 * k['delay']:.0f} ms (in the next shard)"
+        else:
+            point = f"{k['more']} more shard(s) done, then as the next shard's chunks are written (no marker yet)"
         alive = f"{k['workers_at_kill']} / {k['children_left']}" + (
             f" ({k['children_waited_s']:.1f} s after)" if k is first_wait else " (at once)")
         out.append(f"| {k['kill']} | {point} | {k['seconds_after_start']} | {k['done_before']} / {k['done_after']} | "
@@ -139,7 +143,7 @@ def section_kills(work: Path, base: Path) -> tuple[list[str], dict]:
             f"{tk.ORPHAN_GRACE_S:.0f} s for them to exit by themselves; the others are counted at once "
             f"(and killed with the process group).", ""]
     lost = r.lost
-    orphan = next((k for k in r.log if k["mode"] == "after_shards"), None)
+    orphan = next((k for k in r.log if k["mode"] != "startup"), None)
     stats = {"extract_kills": survived, "extract_lost": lost,
              "orphans": orphan["children_left"] if orphan else 0,
              "orphan_wait": orphan["children_waited_s"] if orphan else 0.0}
@@ -285,7 +289,7 @@ BUGS = [
      "After decoding, compare the decoded length with the stream's declared duration (`stream.duration * "
      "stream.time_base`, else `container.duration`); clearly shorter (e.g. by > 2 frames and > 5 %) -> "
      "`DecodeError(\"truncated: decoded X s of the Y s the file declares\")`, as for a truncated WAV.",
-     "test_bad_inputs.py::test_known_bug_truncated_faststart_mp4_audio_is_refused"),
+     "test_bad_inputs.py::test_truncated_faststart_mp4_audio_is_refused"),
     ("Decode workers orphaned by kill -9", "pipeline/extract_shard.py `iter_decoded` / `_worker_init`",
      "After SIGKILL of `avfuse extract`, its DataLoader decode workers do not exit (seen alive "
      "> 60 s: blocked at exit flushing decoded clips into a queue nobody reads), each a full Python + torch "

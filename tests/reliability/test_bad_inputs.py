@@ -121,10 +121,10 @@ def test_short_clip_is_padded_and_flagged(run):
     assert np.allclose(segs, segs[0]) and np.linalg.norm(segs[0]) > 0  # one real part, repeated
 
 
-def test_known_bug_truncated_faststart_mp4_audio_is_refused(run):
-    """BUG (extractors/decode.py ``_load_pyav_audio``): an mp4 whose index comes first,
-    cut at 50 %, decodes its audio up to the cut without a decoder error; the part is
-    embedded as if it were the whole clip (has_audio True, no failure record). It must be
-    refused like a truncated WAV: decoded length well short of the stream's declared
-    duration -> DecodeError("truncated ...")."""
+def test_truncated_faststart_mp4_audio_is_refused(run):
+    """Regression test (found by this suite, fixed in extractors/decode.py): an mp4 whose
+    index comes first, cut at 50 %, decoded its audio up to the cut without a decoder error
+    and the part was embedded as if it were the whole clip (has_audio True, no failure
+    record). It must be refused like a truncated WAV. (Cases marked ``bug`` in
+    ``badmedia.make_cases`` are checked here, apart from the other clips.)"""
     assert run.outcome.bug_problems == []

@@ -63,6 +63,23 @@ def half_written(cache: Path) -> list[int]:
     return sorted(found - done)
 
 
+def writing_since(cache: Path, t: float) -> list[int]:
+    """Not-done shards whose 1-D chunk files (``has_audio``, ``has_face``, ``duration``) were
+    written at or after time ``t``: a shard caught between its data and its marker."""
+    d = cache / "_avfuse" / "markers" / "c"
+    done = {int(x) for x in os.listdir(d) if x.isdigit()} if d.is_dir() else set()
+    out = set()
+    for arr in ("has_audio", "has_face", "duration"):
+        c = cache / arr / "c"
+        try:
+            for x in os.listdir(c):
+                if x.isdigit() and int(x) not in done and os.stat(c / x).st_mtime >= t:
+                    out.add(int(x))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return sorted(out)
+
+
 def state_problems(cache: Path) -> list[str]:
     """Inconsistencies of a (possibly unfinished) cache: anything ``verify`` reports besides
     shards not done, and done shards that cannot be read."""
@@ -126,15 +143,24 @@ ORPHAN_GRACE_S = 12.0
 
 
 def kill_plan(n: int, seed: int) -> list[dict]:
-    """Seeded kill points: 2 during start-up (before the cache lock: imports, model loading,
-    store creation), the others after 0 or 1 more shards are done plus a random delay (so
-    some land in the backbones, some in the middle of writing a shard)."""
+    """Seeded kill points, 10 by default:
+
+    * 2 ``startup``: a random 0.3-3 s after the start, or as soon as the run takes the cache
+      lock if that comes first (imports, model loading, store creation);
+    * 4 ``compute``: once ``more`` (0 or 1) further shards are done, after 0-50 ms (inside
+      the decoding/backbones of the next shard);
+    * 4 ``mid_write``: once ``more`` further shards are done, as soon as the next shard has
+      chunk files but no done marker yet (between its data and its marker).
+
+    ``more`` sums to at most 4, so a series advances at most ~12 of the 14 shards and every
+    kill hits a live run with work left, on any CPU."""
     rng = np.random.default_rng(seed)
-    plan = [{"mode": "startup", "delay": float(rng.uniform(0.5, 4.0))} for _ in range(2)]
-    plan += [{"mode": "after_shards", "more": int(rng.integers(0, 2)), "delay": float(rng.uniform(0.0, 0.6))}
-             for _ in range(n - 2)]
-    order = rng.permutation(n)
-    return [plan[i] for i in order]
+    more = [1] * 4 + [0] * (n - 6)
+    rng.shuffle(more)
+    plan = [{"mode": "startup", "delay": float(rng.uniform(0.3, 3.0))} for _ in range(2)]
+    plan += [{"mode": "compute" if j < (n - 2) // 2 else "mid_write", "more": more[j],
+              "delay": float(rng.uniform(0.0, 0.05))} for j in range(n - 2)]
+    return [plan[i] for i in rng.permutation(n)]
 
 
 def run_kill_series(work: Path, base: Path, *, n_kills: int = N_KILLS, seed: int = 0,
@@ -155,21 +181,30 @@ def run_kill_series(work: Path, base: Path, *, n_kills: int = N_KILLS, seed: int
                                 stderr=subprocess.PIPE, start_new_session=True)
         t0 = time.time()
         try:
-            if point["mode"] == "after_shards":
-                while proc.poll() is None and _lock_pid(cache) != proc.pid and time.time() - t0 < timeout:
+            alive = lambda: proc.poll() is None and time.time() - t0 < timeout  # noqa: E731
+            if point["mode"] == "startup":
+                deadline = t0 + point["delay"]
+                while alive() and time.time() < deadline and _lock_pid(cache) != proc.pid:
+                    time.sleep(0.005)
+            else:
+                while alive() and _lock_pid(cache) != proc.pid:
                     time.sleep(0.01)
-                while proc.poll() is None and _done(cache) < before + point["more"] and time.time() - t0 < timeout:
-                    time.sleep(0.01)
-            deadline = time.time() + point["delay"]
-            while proc.poll() is None and time.time() < deadline:
-                time.sleep(0.005)
+                while alive() and _done(cache) < before + point["more"]:
+                    time.sleep(0.005)
+                if point["mode"] == "mid_write":
+                    while alive() and not writing_since(cache, t0):
+                        time.sleep(0.001)
+                else:
+                    deadline = time.time() + point["delay"]
+                    while alive() and time.time() < deadline:
+                        time.sleep(0.002)
             if proc.poll() is not None:
                 problems.append(f"kill {i}: the run ended (rc {proc.returncode}) before the kill point: "
                                 f"{proc.stderr.read().decode()[-800:]}")
                 break
             # wait for the decode workers once (the first kill after the lock), not every time
-            wait = ORPHAN_GRACE_S if point["mode"] == "after_shards" and not any(
-                x["mode"] == "after_shards" for x in log) else 0.0
+            wait = ORPHAN_GRACE_S if point["mode"] != "startup" and not any(
+                x["mode"] != "startup" for x in log) else 0.0
             orphans, orphan_s, workers = _kill_group(proc, wait)
         finally:
             if proc.poll() is None:
@@ -222,8 +257,8 @@ def test_kill9_ten_times_then_rerun_equals_uninterrupted(series):
     assert r.verify.rc == 0 and r.verify.stdout.startswith("OK"), r.verify.stdout + r.verify.stderr
     assert r.leftovers == []                      # no half-created store left beside it
     # the kills really hit different stages: start-up, and mid-run after some shards
-    assert {k["mode"] for k in r.log} == {"startup", "after_shards"}
-    assert any(k["done_after"] > 0 for k in r.log) and r.log[-1]["done_after"] < 14
+    assert {k["mode"] for k in r.log} == {"startup", "compute", "mid_write"}
+    assert all(k["done_after"] < 14 for k in r.log) and r.log[-1]["done_after"] > 0
     # the stale lock of a killed run is taken over by the next one
     assert "stale" in r.final.stderr or not r.log[-1]["locked_by_dead_pid"]
 
@@ -233,7 +268,7 @@ def test_decode_workers_exit_when_extract_is_killed(series):
     ``_worker_init`` with PR_SET_PDEATHSIG): after kill -9 of ``avfuse extract`` its
     DataLoader decode worker lingered as an orphan (blocked at exit flushing decoded clips
     into a queue nobody reads; seen alive > 60 s), a full Python + torch process each."""
-    first = next(k for k in series.log if k["mode"] == "after_shards")
+    first = next(k for k in series.log if k["mode"] != "startup")
     assert first["workers_at_kill"] >= 1, "the kill must hit a run with decode workers"
     assert first["children_left"] == 0, f"{first['children_left']} decode worker(s) still alive " \
                                         f"{ORPHAN_GRACE_S:.0f} s after the kill"
