@@ -39,10 +39,12 @@ def _corpus(out: Path, quick: bool) -> dict:
         params.update(speakers=12, videos_per_speaker=2)
     info = corpus / "synth_info.json"
     if (corpus / "manifest.jsonl").exists() and info.exists():
-        old = json.loads(info.read_text())["report"]
-        if old["n_speakers"] == params["speakers"] and old["seed"] == params["seed"]:
-            click.echo(f"    reusing {corpus} ({old['n_clips']} clips)", err=True)
-            return old
+        cfg = json.loads(info.read_text()).get("config", {})
+        if all(cfg.get(k) == v for k, v in params.items()):
+            n = sum(1 for _ in open(corpus / "manifest.jsonl"))
+            click.echo(f"    reusing {corpus} ({n} clips)", err=True)
+            return {"manifest": str(corpus / "manifest.jsonl"),
+                    "trials": {s: str(corpus / "trials" / f"{s}.txt") for s in ("dev", "test")}}
     report = synthesize(corpus, overwrite=True, **params)
     click.echo(f"    {report['n_clips']} clips of {report['n_speakers']} speakers, "
                f"{report['total_seconds'] / 60:.1f} min of audio-video, in {report['elapsed_s']:.1f} s", err=True)
