@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RESEMBLYZER := resemblyzer==0.1.4
 DEMO_DIR ?= demo_run
 
-.PHONY: help demo test test-slow install install-dev bench clean
+.PHONY: help demo test test-quality install install-dev bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,8 +36,8 @@ demo: install  ## synthesise the toy corpus and run the whole pipeline end to en
 test: install-dev  ## run the test suite (CPU only, no network)
 	$(BIN)/python -m pytest -q
 
-test-slow: install-dev  ## the fusion quality gates on the larger toy corpus (about 30 min on 2 cores)
-	$(BIN)/python -m pytest -q -m slow tests/fusion/test_quality.py
+test-quality: install-dev  ## only the fusion quality gates, printing their EER table (part of `make test`)
+	$(BIN)/python -m pytest -q -s tests/fusion/test_quality.py
 
 bench: install  ## run the CPU benchmarks (see docs/BENCHMARKS.md)
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

@@ -217,7 +217,7 @@ def phase_naive(args, source: str) -> dict:
     loss_fn = make_loss("aam", head.embedding_dim, int(labels.max()) + 1, head.default_margin,
                         head.default_scale).to(dev)
     params = list(head.parameters()) + list(loss_fn.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)   # as the trainer's
     gen = torch.Generator(device=dev).manual_seed(0)
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=workers,
                         persistent_workers=workers > 0, drop_last=True)

@@ -22,13 +22,16 @@ ranked by it; the first ``round(f_train N)`` are train, then dev, then test (dev
 get at least 2 speakers each, train at least 2).
 
 Determinism: every random draw comes from ``numpy.random.default_rng(SeedSequence([seed,
-kind, speaker, video, clip]))``, so a speaker's voice, face, video ids and clips depend only
-on (seed, speaker number), never on how many speakers are generated (the split a speaker
-lands in can). Trials: for a split, every pair of clips of one speaker from different
-videos is a target trial (a random subset of ``max_trials // 2`` when set); each target
-``(e, t)`` is paired with one non-target ``(e, x)``, ``x`` drawn from other speakers of the
-split without repeating an unordered pair, so lists are exactly balanced, duplicate-free
-and ordered by enrolment id.
+kind, speaker, video, clip]))``, so a speaker's voice, face, video ids and clips depend
+only on (seed, speaker number), never on how many speakers are generated (the split a
+speaker lands in can). A speaker's voice and face come from independent generators:
+nothing about a toy voice predicts its face (unlike real people, where sex and age link
+the two), so no head can transfer identity across modalities for an unseen speaker.
+Trials: for a split, every pair of clips of one speaker from different videos is a target
+trial (a random subset of ``max_trials // 2`` when set); each target ``(e, t)`` is paired
+with one non-target ``(e, x)``, ``x`` drawn from other speakers of the split without
+repeating an unordered pair, so lists are exactly balanced, duplicate-free and ordered by
+enrolment id.
 
 Difficulty (measured with the project's backbones, all cross-video pairs of the default
 40 x 2 x 2 corpus: pretrained ``ge2e_lstm`` audio EER ~25 % (~19 % on clean clips),

@@ -57,6 +57,16 @@ _resamplers: dict[tuple[int, int], object] = {}
 _resampler_lock = threading.Lock()
 
 
+
+def _check_regular_file(path: str, what: str) -> None:
+    """``DecodeError`` unless ``path`` is a regular file (a device, FIFO or folder is refused unopened)."""
+    if os.path.isfile(path):
+        return
+    if os.path.exists(path):
+        raise DecodeError(f"{what} is not a regular file (a device, FIFO or folder)", path=path,
+                          hint="point the manifest at the media file itself")
+    raise DecodeError(f"{what} not found", path=path, hint="check the manifest's media paths")
+
 def _resampler(src: int, dst: int):
     key = (int(src), int(dst))
     r = _resamplers.get(key)
@@ -167,8 +177,7 @@ def load_audio(path: str | Path, target_sr: int) -> np.ndarray:
     non-finite audio: ``DecodeError(path=..., hint=...)``.
     """
     path = str(path)
-    if not os.path.isfile(path):
-        raise DecodeError("audio file not found", path=path, hint="check the manifest's media paths")
+    _check_regular_file(path, "audio file")
     if os.path.getsize(path) == 0:
         raise DecodeError("audio file is empty (0 bytes)", path=path, hint="re-download or re-extract this file")
     ext = os.path.splitext(path)[1].lower()
@@ -281,8 +290,7 @@ def _faces_from_folder(frames_dir: str, n_frames: int, size: int):
 
 def _faces_from_video(video_path: str, n_frames: int, size: int, seek_threshold_s: float):
     import av
-    if not os.path.isfile(video_path):
-        raise DecodeError("video file not found", path=video_path, hint="check the manifest's media paths")
+    _check_regular_file(video_path, "video file")
     if os.path.getsize(video_path) == 0:
         raise DecodeError("video file is empty (0 bytes)", path=video_path, hint="re-download this file")
     try:

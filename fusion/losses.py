@@ -52,15 +52,21 @@ class AAMSoftmax(nn.Module):
             return self._logits(x, y)
 
     def _logits(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        cos = F.linear(F.normalize(x.float(), dim=-1), F.normalize(self.weight.float(), dim=-1))
-        cos = cos.clamp(-1 + 1e-7, 1 - 1e-7)
+        # Lean on the (B, C) matrix, which dominates a step with thousands of classes: the scale is
+        # folded into x and the 1/||W_j|| into one column multiply (W itself is never normalised, a
+        # (C, D) pass each way saved), nothing is clamped there, and the target column is
+        # overwritten in place. Only the B target cosines go through the margin arithmetic.
+        xn = F.normalize(x.float(), dim=-1)
+        w = self.weight.float()
+        inv = torch.rsqrt((w * w).sum(1).clamp_min(1e-24))              # 1 / ||W_j||
+        out = F.linear(xn * self.scale, w) * inv                        # s * cos(theta_j)
         if y is None or self.margin == 0.0:
-            return self.scale * cos
-        cos_y = cos.gather(1, y[:, None])
-        sin_y = torch.sqrt((1.0 - cos_y * cos_y).clamp_min(0.0))
+            return out
+        cos_y = ((xn * w.index_select(0, y)).sum(1) * inv.index_select(0, y)).clamp(-1 + 1e-7, 1 - 1e-7)
+        sin_y = torch.sqrt(1.0 - cos_y * cos_y)
         phi = cos_y * self._cos_m - sin_y * self._sin_m                 # cos(theta_y + m)
         phi = torch.where(cos_y > self._th, phi, cos_y - self._mm)
-        return self.scale * cos.scatter(1, y[:, None], phi)
+        return out.scatter_(1, y[:, None], (self.scale * phi)[:, None])
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.logits(x, y)

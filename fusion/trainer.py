@@ -179,7 +179,7 @@ def train_head(data, head_name: str, cfg: TrainConfig | None = None, dev_trials=
     scale = head.default_scale if cfg.scale is None else cfg.scale
     loss_fn = make_loss(cfg.loss, head.embedding_dim, n_classes, margin, scale).to(device)
     params = list(head.parameters()) + list(loss_fn.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
     bs = min(cfg.batch_size, n)

@@ -126,46 +126,10 @@ def plot_score_hists(label: str, results: dict, path: Path) -> str:
     return save(fig, path)
 
 
-DET_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
-LINESTYLES = ("-", "--", "-.", ":")
-
-
 def plot_det_curves(curves: list, path: Path, *, title: str) -> str:
-    """DET curves (normal-deviate axes in %) of ``[(label, ErrorCurves)]``, EER points marked.
-
-    Like ``pipeline.metrics.plot_det`` but the axes extend to 95% when an EER is above
-    25% (small or weak systems) and the curves cycle line styles, so identical curves
-    (e.g. AxA and AVxA of the raw backbones) stay visible; the legend sits in the
-    lower-left corner, which a DET curve never reaches.
-    """
-    from pipeline.metrics import det_points, eer_from_curves, probit
-    from pipeline.plots import plt, save
-
-    pyplot = plt()
-    eers = [eer_from_curves(c)[0] for _, c in curves]
-    low = min(0.005, max(0.001, min(eers) / 5 if min(eers) > 0 else 0.001))
-    high = 0.95 if max(eers) > 0.25 else 0.6
-    ticks = [t for t in DET_TICKS if low <= t <= high]
-    fig, ax = pyplot.subplots(figsize=(6.4, 6.2))
-    for i, ((label, c), e) in enumerate(zip(curves, eers)):
-        pfa, pmiss = det_points(c)
-        line, = ax.plot(probit(pfa), probit(pmiss), lw=1.8, ls=LINESTYLES[i % len(LINESTYLES)], color=f"C{i % 10}",
-                        label=f"{label} (EER {100 * e:.2f}%)")
-        ax.plot([probit(e)], [probit(e)], "o", color=line.get_color(), ms=6)
-    lim = (float(probit(low)), float(probit(high)))
-    ax.plot(lim, lim, ":", color="0.6", lw=1, label="Pmiss = Pfa")
-    ax.set_xlim(*lim)
-    ax.set_ylim(*lim)
-    ax.set_xticks(probit(ticks))
-    ax.set_yticks(probit(ticks))
-    ax.set_xticklabels([f"{100 * t:g}" for t in ticks])
-    ax.set_yticklabels([f"{100 * t:g}" for t in ticks])
-    ax.set_xlabel("False acceptance rate (%)")
-    ax.set_ylabel("Miss rate (%)")
-    ax.set_title(title)
-    ax.grid(True, ls="--", lw=0.5, alpha=0.6)
-    ax.legend(loc="lower left")
-    return save(fig, path)
+    """DET curves of several systems: ``pipeline.metrics.plot_det`` (one DET plotter for the project)."""
+    from pipeline.metrics import plot_det
+    return plot_det(curves, path, title=title)
 
 
 def write_figures(out: Path, systems, embs: dict, geo_rows: list[dict], view, scores: dict, modes) -> dict:

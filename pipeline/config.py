@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
 import tempfile
 import typing
 from pathlib import Path
@@ -81,10 +82,15 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, then rename over it."""
+    """Write ``data`` to a temp file beside ``path``, fsync, then rename over it.
+
+    The temp file is named ``.NAME.HOST-PID.XXXX.tmp``; a writer killed mid-write leaves
+    it behind (never read), and the next successful write of ``path`` on the same host
+    removes the ones whose process is gone.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_temp_stem(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -97,6 +103,36 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         except OSError:
             pass
         raise
+    _sweep_dead_temps(path)
+
+
+def _temp_stem(path: Path) -> str:
+    host = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or "host"
+    return f".{path.name}.{host}-"
+
+
+def _sweep_dead_temps(path: Path) -> None:
+    """Remove temp files of ``path`` left by writers on this host whose process no longer exists."""
+    stem = _temp_stem(path)
+    try:
+        names = [n for n in os.listdir(path.parent) if n.startswith(stem) and n.endswith(".tmp")]
+    except OSError:
+        return
+    for name in names:
+        pid_text = name[len(stem):].split(".", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue                    # the writer is alive (or the pid was reused): leave it
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue                    # e.g. EPERM: some other user's live process
+        try:
+            os.unlink(path.parent / name)
+        except OSError:
+            pass
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -172,7 +172,8 @@ def section_kills(work: Path, base: Path) -> tuple[list[str], dict]:
             f"`load_head` gives one whole version: {sum(x['whole'] for x in c.log)}/{len(c.log)} "
             f"(versions loaded: {', '.join(str(x['version_loaded']) for x in c.log)}); problems: {len(c.problems)}. "
             f"Kills that landed inside a write left **{len(c.temps)} temp file(s)** (`.head.pt.*.tmp`) beside "
-            f"the checkpoint: harmless, never read, not cleaned up.", ""]
+            f"the checkpoint (never read); the next save by a live process removed them: "
+            f"**{len(c.temps_after_save)}** left after it.", ""]
     t = tk.run_train_kill(work / "train", base)
     out += [f"`avfuse train --out H` over an existing head H, killed with SIGKILL while training: H still "
             f"loads and is unchanged: {OK if t.unchanged else BAD}.", ""]

@@ -385,13 +385,27 @@ def run_checkpoint_kills(work: Path, *, n_kills: int = N_KILLS, seed: int = 0) -
         except Exception as e:  # noqa: BLE001 - any failure to load is the finding
             problems.append(f"kill {k + 1}: load_head failed: {type(e).__name__}: {e}")
     temps = sorted(x.name for x in work.iterdir() if x.name.startswith(".head.pt."))
-    return SimpleNamespace(log=log, problems=problems, temps=temps, path=path)
+    save_head(path, head, {"i": 0})           # one more save, by a live process, sweeps the dead writers' temps
+    left = sorted(x.name for x in work.iterdir() if x.name.startswith(".head.pt."))
+    return SimpleNamespace(log=log, problems=problems, temps=temps, temps_after_save=left, path=path)
 
 
 def test_kill9_while_saving_a_head_checkpoint(tmp_path):
     r = run_checkpoint_kills(tmp_path)
     assert r.problems == []
     assert len(r.log) == N_KILLS and all(x["version_loaded"] >= 2 for x in r.log)
+    assert r.temps_after_save == [], f"temp files of killed writers survived the next save: {r.temps_after_save}"
+
+
+def test_a_save_keeps_the_temp_file_of_a_live_writer(tmp_path):
+    """The sweep only removes temps whose writer process is gone."""
+    from fusion.registry import build_head, save_head
+    from pipeline.config import _temp_stem
+    path = tmp_path / "head.pt"
+    live = tmp_path / f"{_temp_stem(path)}{os.getppid()}.abc.tmp"    # the parent (pytest's launcher) is alive
+    live.write_bytes(b"partial")
+    save_head(path, build_head("mlp", 8, 8), {})
+    assert live.exists()
 
 
 def run_train_kill(work: Path, base: Path, *, seed: int = 0) -> SimpleNamespace:
