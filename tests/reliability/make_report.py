@@ -171,9 +171,9 @@ def section_kills(work: Path, base: Path) -> tuple[list[str], dict]:
             f"meta `{{\"i\": i}}`) and is killed {len(c.log)} times at seeded moments. After each kill "
             f"`load_head` gives one whole version: {sum(x['whole'] for x in c.log)}/{len(c.log)} "
             f"(versions loaded: {', '.join(str(x['version_loaded']) for x in c.log)}); problems: {len(c.problems)}. "
-            f"Kills that landed inside a write left **{len(c.temps)} temp file(s)** (`.head.pt.*.tmp`) beside "
-            f"the checkpoint (never read); the next save by a live process removed them: "
-            f"**{len(c.temps_after_save)}** left after it.", ""]
+            f"Temp files (`.head.pt.*.tmp`, never read) beside the checkpoint after the last kill: "
+            f"**{len(c.temps)}** (each save sweeps the temp files of writers that are gone); after one more "
+            f"save by a live process: **{len(c.temps_after_save)}**.", ""]
     t = tk.run_train_kill(work / "train", base)
     out += [f"`avfuse train --out H` over an existing head H, killed with SIGKILL while training: H still "
             f"loads and is unchanged: {OK if t.unchanged else BAD}.", ""]
