@@ -31,6 +31,7 @@ from tests.reliability import harness as hx  # noqa: E402
 from tests.reliability import test_bad_inputs as tb  # noqa: E402
 from tests.reliability import test_disk_and_damage as td  # noqa: E402
 from tests.reliability import test_kills as tk  # noqa: E402
+from tests.reliability import test_kills_h5 as tkh  # noqa: E402
 from tests.reliability import test_untrusted_files as tu  # noqa: E402
 
 OK, BAD = "yes", "**NO**"
@@ -143,6 +144,19 @@ def section_kills(work: Path, base: Path) -> tuple[list[str], dict]:
             f"{tk.ORPHAN_GRACE_S:.0f} s for them to exit by themselves; the others are counted at once "
             f"(and killed with the process group).", ""]
     lost = r.lost
+    h = tkh.run_h5_kill_series(work / "kills_h5", base)
+    hok = not h.problems and not h.diffs and h.final.rc == 0 and h.verify.rc == 0 and not h.leftovers
+    hit = [k for k in h.log if k["hit"]]
+    what = {"startup": "start-up", "compute": "after a shard is staged", "staging": "while a part file is written",
+            "finalize": "while the parts are merged into a copy of the .h5 (before the rename)"}
+    out += ["### The same with an HDF5 cache (`C.h5`)", "",
+            f"{len(h.log)} seeded kill -9 points of `avfuse extract` into `killed.h5`, {len(hit)} hit "
+            "(" + "; ".join(f"{sum(k['mode'] == m for k in hit)} {w}" for m, w in what.items()) + "), then one "
+            f"rerun: exit {h.final.rc}; differences from the uninterrupted reference: **{len(h.diffs)}**; "
+            f"clips lost: {h.lost}; `avfuse cache verify`: exit {h.verify.rc}; temp files or merge copies left: "
+            f"{len(h.leftovers)}; problems after the kills: {len(h.problems)}.", ""]
+    lost += h.lost
+    survived += len(hit) if hok else 0
     orphan = next((k for k in r.log if k["mode"] != "startup"), None)
     stats = {"extract_kills": survived, "extract_lost": lost,
              "orphans": orphan["children_left"] if orphan else 0,
@@ -398,7 +412,7 @@ def main(argv=None) -> int:
         f"({platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}), CPU only, "
         "shared with other jobs (timings are indicative).", "",
         "## Figures", "",
-        f"* **Kills survived: {kills}** ({stats.get('extract_kills', 0)} kill -9 of `avfuse extract` at seeded "
+        f"* **Kills survived: {kills}** ({stats.get('extract_kills', 0)} kill -9 of `avfuse extract` (Zarr and HDF5) at seeded "
         f"points, {'1 Dask worker killed mid-shard, ' if stats.get('dask') else ''}"
         f"{stats.get('ckpt_kills', 0)} kill -9 while writing a head checkpoint, "
         f"{1 if stats.get('train_ok') else 0} kill -9 of `avfuse train`); every finished cache equals the "
