@@ -128,18 +128,32 @@ def _load_soundfile(path: str) -> tuple[np.ndarray, int]:
     return data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0], int(sr)
 
 
-def _load_pyav_audio(path: str) -> tuple[np.ndarray, int]:
+#: per stream kind: (what the file is called, what it is not, hint when the stream is missing)
+_AV_KINDS = {"audio": ("media", "not a media file", "give an audio_path for this clip, or leave the audio out"),
+             "video": ("video", "not a video", "give a frames_dir for this clip, or leave the faces out")}
+
+
+def _open_stream(path: str, kind: str):
+    """``(container, its first audio/video stream)`` via PyAV; unreadable file or no such
+    stream -> ``DecodeError`` with the path (the container is closed then)."""
     import av
+    what, not_a, hint_missing = _AV_KINDS[kind]
     try:
         container = av.open(path)
     except Exception as e:
-        raise DecodeError(f"cannot open media ({_short(e)})", path=path,
-                          hint="the file is corrupt, truncated or not a media file") from None
+        raise DecodeError(f"cannot open {what} ({_short(e)})", path=path,
+                          hint=f"the file is corrupt, truncated or {not_a}") from None
+    streams = container.streams.audio if kind == "audio" else container.streams.video
+    if not streams:
+        container.close()
+        raise DecodeError(f"no {kind} stream in this file", path=path, hint=hint_missing)
+    return container, streams[0]
+
+
+def _load_pyav_audio(path: str) -> tuple[np.ndarray, int]:
+    import av
+    container, stream = _open_stream(path, "audio")
     try:
-        if not container.streams.audio:
-            raise DecodeError("no audio stream in this file", path=path,
-                              hint="give an audio_path for this clip, or leave the audio out")
-        stream = container.streams.audio[0]
         sr = stream.codec_context.sample_rate or stream.rate
         declared = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
                     else (container.duration / 1e6 if container.duration else None))
@@ -289,20 +303,11 @@ def _faces_from_folder(frames_dir: str, n_frames: int, size: int):
 
 
 def _faces_from_video(video_path: str, n_frames: int, size: int, seek_threshold_s: float):
-    import av
     _check_regular_file(video_path, "video file")
     if os.path.getsize(video_path) == 0:
         raise DecodeError("video file is empty (0 bytes)", path=video_path, hint="re-download this file")
+    container, stream = _open_stream(video_path, "video")
     try:
-        container = av.open(video_path)
-    except Exception as e:
-        raise DecodeError(f"cannot open video ({_short(e)})", path=video_path,
-                          hint="the file is corrupt, truncated or not a video") from None
-    try:
-        if not container.streams.video:
-            raise DecodeError("no video stream in this file", path=video_path,
-                              hint="give a frames_dir for this clip, or leave the faces out")
-        stream = container.streams.video[0]
         rate = float(stream.average_rate or stream.guessed_rate or 0) or None
         duration = (float(stream.duration * stream.time_base) if stream.duration else
                     (container.duration / 1e6 if container.duration else None))
