@@ -120,19 +120,55 @@ def _parse_options(items: tuple[str, ...]) -> dict:
     return out
 
 
+def train_config(config_path=None, **flags):
+    """A ``TrainConfig`` from an optional JSON file, overridden by the flags that are not None
+    (``avfuse train`` and ``avfuse ablate --train``); validated."""
+    from fusion.trainer import TrainConfig
+    from pipeline.config import from_dict
+    from pipeline.errors import ConfigError
+
+    cfg = TrainConfig()
+    if config_path:
+        with open(config_path, encoding="utf-8") as f:
+            try:
+                cfg = from_dict(TrainConfig, json.load(f))
+            except ValueError as e:
+                raise ConfigError(f"not valid JSON: {e}", path=config_path) from e
+    for k, v in flags.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    cfg.validate()
+    return cfg
+
+
+def recipe_options(fn):
+    """The training-recipe flags ``avfuse train`` and ``avfuse ablate`` share (all default to
+    None: the --config file's value, else ``TrainConfig``'s)."""
+    options = [
+        click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="TrainConfig JSON; flags given on the command line override it."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs. [default: 30]"),
+        click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Clips per step. [default: 256]"),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Peak AdamW LR. [default: 2e-3]"),
+        click.option("--mask-prob", type=click.FloatRange(0, 1, max_open=True), default=None,
+                     help="P(a sample loses its audio or its face) per step (never both). [default: 0.3]"),
+        click.option("--seed", type=int, default=None, help="Seed (same seed, same head). [default: 0]"),
+        click.option("--split", default=None, help="Cache split to train on. [default: train]"),
+        click.option("--device", default=None, help="auto, cpu, cuda[:N]. [default: auto]"),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn
+
+
 @click.command("train", context_settings=_CTX)
 @click.option("--cache", "-c", "cache_path", required=True, type=click.Path(),
               help="Embedding cache from `avfuse extract`.")
 @click.option("--head", "head_name", required=True, help="Fusion head (see `avfuse heads`), e.g. dca, mean, mlp.")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint to write (weights + head config + TrainConfig + cache fingerprint).")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="TrainConfig JSON; flags given on the command line override it.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs. [default: 30]")
-@click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Clips per step. [default: 256]")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Peak AdamW LR. [default: 2e-3]")
-@click.option("--mask-prob", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="P(a sample loses its audio or its face) per step (never both). [default: 0.3]")
+@recipe_options
 @click.option("--loss", type=click.Choice(["aam", "softmax"]), default=None, help="Loss. [default: aam]")
 @click.option("--margin", type=float, default=None, help="AAM margin. [default: head's: dca 0.4, mean/mlp 0.2]")
 @click.option("--scale", type=float, default=None, help="AAM scale. [default: head's: dca 64, mean/mlp 30]")
@@ -140,13 +176,10 @@ def _parse_options(items: tuple[str, ...]) -> dict:
               help="DCA gate softmax temperature T. [default: 0.1]")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Head option (repeatable), e.g. --option d_model=128 --option iterations=2.")
-@click.option("--seed", type=int, default=None, help="Seed (same seed, same head). [default: 0]")
 @click.option("--dev-trials", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Labelled trial list on clips of this cache: dev EER after each epoch, early stopping.")
 @click.option("--patience", type=click.IntRange(min=0), default=None,
               help="Stop after this many epochs without dev improvement (0: never). [default: 5]")
-@click.option("--split", default=None, help="Cache split to train on. [default: train]")
-@click.option("--device", default=None, help="auto, cpu, cuda[:N]. [default: auto]")
 @click.option("--drop-bad-rows", is_flag=True, help="Drop rows with NaN/inf embeddings instead of failing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def train_cmd(cache_path, head_name, out, config_path, epochs, batch_size, lr, mask_prob, loss, margin, scale,
@@ -165,24 +198,12 @@ def train_cmd(cache_path, head_name, out, config_path, epochs, batch_size, lr, m
           --dev-trials toy/trials/dev.txt --out runs/dca.pt
     """
     from fusion.registry import get_head, save_head
-    from fusion.trainer import TrainConfig, checkpoint_meta, train_head
+    from fusion.trainer import checkpoint_meta, train_head
     from pipeline.cache import open_cache
-    from pipeline.config import from_dict
 
-    cfg = TrainConfig()
-    if config_path:
-        with open(config_path, encoding="utf-8") as f:
-            try:
-                cfg = from_dict(TrainConfig, json.load(f))
-            except ValueError as e:
-                from pipeline.errors import ConfigError
-                raise ConfigError(f"not valid JSON: {e}", path=config_path) from e
-    flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "mask_prob": mask_prob, "loss": loss,
-             "margin": margin, "scale": scale, "temperature": temperature, "seed": seed, "patience": patience,
-             "split": split, "device": device}
-    for k, v in flags.items():
-        if v is not None:
-            setattr(cfg, k, v)
+    cfg = train_config(config_path, epochs=epochs, batch_size=batch_size, lr=lr, mask_prob=mask_prob, loss=loss,
+                       margin=margin, scale=scale, temperature=temperature, seed=seed, patience=patience,
+                       split=split, device=device)
     if drop_bad_rows:
         cfg.drop_bad_rows = True
     if options:

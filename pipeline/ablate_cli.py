@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
+from fusion.cli import recipe_options, train_config
 from pipeline.errors import ConfigError
 
 _CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -40,25 +39,6 @@ def parse_ints(text: str, what: str) -> list[int] | None:
                           hint=f"e.g. --{what} 1,2,4,8, 'auto' or 'none'") from None
 
 
-def train_config(config_path, **flags):
-    """A ``TrainConfig`` from an optional JSON file, overridden by the flags that are not None."""
-    from fusion.trainer import TrainConfig
-    from pipeline.config import from_dict
-
-    cfg = TrainConfig()
-    if config_path:
-        with open(config_path, encoding="utf-8") as f:
-            try:
-                cfg = from_dict(TrainConfig, json.load(f))
-            except ValueError as e:
-                raise ConfigError(f"not valid JSON: {e}", path=config_path) from e
-    for k, v in flags.items():
-        if v is not None:
-            setattr(cfg, k, v)
-    cfg.validate()
-    return cfg
-
-
 @click.command("ablate", context_settings=_CTX)
 @click.option("--cache", "-c", "cache_path", required=True, type=click.Path(), help="Embedding cache.")
 @click.option("--trials", "-t", "trials_path", required=True, type=click.Path(),
@@ -73,16 +53,7 @@ def train_config(config_path, **flags):
 @click.option("--train", is_flag=True, help="Train heads missing from --runs now (back to back, in memory).")
 @click.option("--dev-trials", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Labelled dev list for early stopping / score_avg calibration of heads trained now.")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="TrainConfig JSON for heads trained now; the flags below override it.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs. [default: 30]")
-@click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Clips per step. [default: 256]")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Peak LR. [default: 2e-3]")
-@click.option("--mask-prob", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Training modality-masking probability. [default: 0.3]")
-@click.option("--seed", type=int, default=None, help="Training seed. [default: 0]")
-@click.option("--split", default=None, help="Cache split to train on. [default: train]")
-@click.option("--device", default=None, help="auto, cpu, cuda[:N]. [default: auto]")
+@recipe_options
 @click.option("--missing", "missing_text", default="0,0.1,0.25,0.5", show_default=True,
               help="Shares of clips whose face (or audio) is dropped at test time; 'none' to skip.")
 @click.option("--missing-seed", type=int, default=0, show_default=True, help="Seed of the dropped clips.")
