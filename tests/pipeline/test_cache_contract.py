@@ -158,8 +158,10 @@ def edit_ids(path: Path, row: int, new: str) -> None:
             f["ids"][row] = new
 
 
-def run_writer(path: str, finalize_every: int, n: int) -> None:
-    """What an extraction run does to its cache (the kill -9 test's subprocess)."""
+def run_writer(path: str, finalize_every: int, n: int, step: bool = False) -> None:
+    """What an extraction run does to its cache (the kill -9 test's subprocess). ``step``:
+    after each shard, wait for a line on stdin (the test paces the writer, so that on a busy
+    machine it cannot run past the kill point while the test is still reading its output)."""
     rows = make_rows(n)
     layout = CacheLayout(**{**LAYOUT, "shard_size": 3, "audio_dim": 64, "face_dim": 64})
     w = create_cache(path, layout=layout, provenance=PROV, **rows)
@@ -168,6 +170,8 @@ def run_writer(path: str, finalize_every: int, n: int) -> None:
             arrays, failures = shard_data(layout, rows["ids"], k)
             w.write_shard(k, arrays, failures)
             print("wrote", k, flush=True)
+            if step:
+                sys.stdin.readline()
             if finalize_every and (i + 1) % finalize_every == 0:
                 w.finalize()
         w.finalize()
@@ -175,7 +179,7 @@ def run_writer(path: str, finalize_every: int, n: int) -> None:
 
 
 KILL_SCRIPT = ("import sys\nfrom tests.pipeline.test_cache_contract import run_writer\n"
-               "run_writer(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))")
+               "run_writer(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), len(sys.argv) > 4)")
 
 
 class TestCacheContract:
@@ -503,18 +507,23 @@ class TestCacheContract:
         run_writer(str(ref), int(fin), n)
         path = tmp_path / f"killed{suffix}"
         for _ in range(2):  # kill at a random point, resume, kill again, then finish
-            p = subprocess.Popen(run + [str(path), fin, str(n)], cwd=REPO, stdout=subprocess.PIPE,
-                                 stderr=subprocess.DEVNULL, text=True)
+            p = subprocess.Popen(run + [str(path), fin, str(n), "step"], cwd=REPO, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             target = rnd.randrange(1, 6)
             seen = 0
             for line in p.stdout:
                 seen += line.startswith("wrote")
-                if seen >= target or line.startswith("done"):
+                if line.startswith("done"):
+                    break
+                p.stdin.write("\n")         # go on (past the target: into the next finalize/write)
+                p.stdin.flush()
+                if seen >= target:
                     break
             time.sleep(rnd.uniform(0, 0.02))  # land anywhere in the next write or finalize
             p.send_signal(signal.SIGKILL)
             p.wait()
             p.stdout.close()
+            p.stdin.close()
             assert p.returncode == -signal.SIGKILL, f"seed {seed}: writer finished before the kill"
         with open_cache(path) as c:
             assert 0 < len(c.done_shards()) < c.n_shards, f"seed {seed}"
