@@ -12,7 +12,9 @@ HDF5 is single-writer and not crash-safe when written in place, so the live
   copy (checksums verified first; a damaged part is left staged and warned
   about), fsyncs it and renames it over ``C.h5``; only then are the merged part
   files removed. Finalizers are serialised by an flock on
-  ``C.h5.parts/.finalize.lock``.
+  ``C.h5.parts/.finalize.lock``. A finalizer also removes what killed runs left:
+  merge copies, and part temp files (``.000012.HOST-PID-XXXXXXXX.tmp``) of this
+  host whose PID no longer exists.
 * ``C.h5`` holds the header JSON in root attribute ``avfuse``, the data arrays
   (uncompressed, chunk = one shard of rows, readable by any HDF5 tool), the
   ``ids``/``speakers``/``splits`` string datasets and ``_avfuse/markers``
@@ -30,6 +32,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import uuid
 import warnings
@@ -38,10 +41,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cache_base import ROW_META, ArraySpec, CacheBackend, crc32, fsync_dir, tree_bytes
-from pipeline.config import atomic_write_bytes
+from pipeline.config import atomic_write_bytes, is_dead_local_writer, writer_tag
 from pipeline.errors import CacheError
 
 MARKERS = "_avfuse/markers"
+_PART_TEMP = re.compile(r"\.\d{6}\.(.+)\.tmp$")   # a part being staged: .NNNNNN.HOST-PID-XXXXXXXX.tmp
 
 
 def _h5py():
@@ -192,7 +196,7 @@ class H5Backend(CacheBackend):
                     marker: dict) -> None:
         self.parts.mkdir(parents=True, exist_ok=True)
         self._part(k, "json").unlink(missing_ok=True)
-        tmp = self.parts / f".{k:06d}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        tmp = self.parts / f".{k:06d}.{writer_tag()}-{uuid.uuid4().hex[:8]}.tmp"
         try:
             with open(tmp, "wb") as f:
                 np.savez(f, **{_key(n): a for n, a in arrays.items()})
@@ -254,6 +258,10 @@ class H5Backend(CacheBackend):
     def _merge(self) -> None:
         for stale in self.path.parent.glob(f".{self.path.name}.finalize-*"):
             stale.unlink(missing_ok=True)  # a finalize killed midway (we hold the flock)
+        for name in os.listdir(self.parts):  # part files of stagers killed midway (this host, pid gone)
+            m = _PART_TEMP.match(name)
+            if m and is_dead_local_writer(m.group(1)):
+                (self.parts / name).unlink(missing_ok=True)
         staged = {k: (_stat_id(self._part(k, "json")), _stat_id(self._part(k, "npz")))
                   for k in sorted(self._listing("json")) if k < self.n_shards}
         tombs = {k: _stat_id(self._part(k, "invalid")) for k in self._listing("invalid")}

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import socket
 import tempfile
 import typing
@@ -90,7 +91,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{_temp_stem(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{writer_tag()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -103,36 +104,53 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         except OSError:
             pass
         raise
-    _sweep_dead_temps(path)
+    sweep_dead_temps(path.parent, f".{path.name}.")
 
 
-def _temp_stem(path: Path) -> str:
-    host = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or "host"
-    return f".{path.name}.{host}-"
+def _host() -> str:
+    return "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or "host"
 
 
-def _sweep_dead_temps(path: Path) -> None:
-    """Remove temp files of ``path`` left by writers on this host whose process no longer exists."""
-    stem = _temp_stem(path)
+def writer_tag() -> str:
+    """``HOST-PID`` of this process, for temp-file names that ``is_dead_local_writer`` can judge."""
+    return f"{_host()}-{os.getpid()}"
+
+
+def is_dead_local_writer(text: str) -> bool:
+    """True when ``text`` starts with a ``writer_tag`` of this host whose process is gone.
+
+    Another host's tag, a live (or reused) pid, or this process: False, so a sweep never
+    removes the temp file of a writer that may still rename it.
+    """
+    m = re.match(r"([A-Za-z0-9_]+)-(\d+)(?!\d)", text)
+    if not m or m.group(1) != _host() or int(m.group(2)) == os.getpid():
+        return False
     try:
-        names = [n for n in os.listdir(path.parent) if n.startswith(stem) and n.endswith(".tmp")]
+        os.kill(int(m.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False            # e.g. EPERM: some other user's live process
+    return False
+
+
+def sweep_dead_temps(folder: Path, prefix: str, suffix: str = ".tmp") -> None:
+    """Remove ``folder/PREFIX<writer_tag>...SUFFIX`` files whose writer (on this host) is gone."""
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(prefix) and n.endswith(suffix)]
     except OSError:
         return
     for name in names:
-        pid_text = name[len(stem):].split(".", 1)[0]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid_text), 0)
-            continue                    # the writer is alive (or the pid was reused): leave it
-        except ProcessLookupError:
-            pass
-        except OSError:
-            continue                    # e.g. EPERM: some other user's live process
-        try:
-            os.unlink(path.parent / name)
-        except OSError:
-            pass
+        if is_dead_local_writer(name[len(prefix):]):
+            try:
+                os.unlink(Path(folder) / name)
+            except OSError:
+                pass
+
+
+def _temp_stem(path: Path) -> str:
+    """The start of ``atomic_write_bytes``'s temp names for ``path``: ``.NAME.HOST-``."""
+    return f".{path.name}.{_host()}-"
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -7,7 +7,7 @@ points here hit each of those stages:
 
 * ``startup``: 0.3-3 s after the start, or when the run takes the lock;
 * ``compute``: once 1 more shard is staged, after 0-50 ms;
-* ``staging``: as soon as a part temp file (``.NNNNNN.*.tmp``) appears (inside a shard's write);
+* ``staging``: as soon as a part temp file (``.NNNNNN.HOST-PID-*.tmp``) appears (inside a shard's write);
 * ``finalize``: as soon as the merge copy (``.C.h5.finalize-*``) appears, i.e. while the run
   merges and renames. It is a short window: a run that ends before it is caught counts as
   ``missed`` (reported, not a failure).
@@ -47,9 +47,9 @@ def staged(cache: Path) -> int:
 
 
 def part_temp(cache: Path, pid: int) -> bool:
-    """Whether process ``pid`` is writing a part: ``.NNNNNN.PID-*.tmp`` exists."""
+    """Whether process ``pid`` is writing a part: ``.NNNNNN.HOST-PID-*.tmp`` exists."""
     try:
-        return any(x.startswith(".") and f".{pid}-" in x and x.endswith(".tmp") for x in os.listdir(_parts(cache)))
+        return any(x.startswith(".") and f"-{pid}-" in x and x.endswith(".tmp") for x in os.listdir(_parts(cache)))
     except FileNotFoundError:
         return False
 
