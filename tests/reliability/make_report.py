@@ -157,8 +157,9 @@ def section_kills(work: Path, base: Path) -> tuple[list[str], dict]:
             f"{len(h.leftovers)}; problems after the kills: {len(h.problems)}.", ""]
     lost += h.lost
     survived += len(hit) if hok else 0
+    h5_leftovers = len(h.leftovers)
     orphan = next((k for k in r.log if k["mode"] != "startup"), None)
-    stats = {"extract_kills": survived, "extract_lost": lost,
+    stats = {"extract_kills": survived, "extract_lost": lost, "h5_leftovers": h5_leftovers,
              "orphans": orphan["children_left"] if orphan else 0,
              "orphan_wait": orphan["children_waited_s"] if orphan else 0.0}
 
@@ -192,7 +193,8 @@ def section_kills(work: Path, base: Path) -> tuple[list[str], dict]:
     out += [f"`avfuse train --out H` over an existing head H, killed with SIGKILL while training: H still "
             f"loads and is unchanged: {OK if t.unchanged else BAD}.", ""]
     stats.update(ckpt_kills=len(c.log) if not c.problems else 0, ckpt_ok=not c.problems,
-                 train_ok=t.alive_at_kill and t.unchanged, ckpt_temps=len(c.temps))
+                 train_ok=t.alive_at_kill and t.unchanged, ckpt_temps=len(c.temps),
+                 ckpt_temps_left=len(c.temps_after_save))
     return out, stats
 
 
@@ -351,6 +353,18 @@ BUGS = [
      "`ScoringError`, `_preview`)",
      "The one-line error quotes unknown ids whole.", "Shorten each previewed id to ~80 characters + \"...\".",
      "test_untrusted_files.py::test_error_about_a_10k_character_id_stays_readable"),
+    ("Temp files of killed checkpoint writers pile up", "pipeline/config.py `atomic_write_bytes`",
+     "A `save_head` (or any atomic write) killed between its temp file and the rename leaves "
+     "`.head.pt.*.tmp` beside the file for ever (7 after 10 kills).",
+     "Name temps `.NAME.HOST-PID.*.tmp`; after each successful rename remove the ones of this host whose "
+     "PID no longer exists (never another host's, never a live PID's).",
+     "test_kills.py::test_kill9_while_saving_a_head_checkpoint"),
+    ("HDF5 part temp files of killed stagers pile up", "pipeline/cache_h5.py `write_shard` / `_merge`",
+     "`avfuse extract` into a `.h5` killed while staging a shard leaves `C.h5.parts/.NNNNNN.PID-*.tmp` "
+     "(an npz of the shard's arrays) after the rerun has merged everything.",
+     "Name part temps `.NNNNNN.HOST-PID-*.tmp`; `finalize` (under its flock) removes those of this host "
+     "whose PID no longer exists.",
+     "test_kills_h5.py::test_kill9_hdf5_extract_then_rerun_equals_uninterrupted"),
 ]
 
 
@@ -397,6 +411,8 @@ def main(argv=None) -> int:
         BUGS[4][0]: stats.get("headers_ok", 0) < stats.get("headers_n", 0),
         BUGS[5][0]: not stats.get("ckpt_honest"),
         BUGS[6][0]: (stats.get("long_id_line") or 0) >= 2000,
+        BUGS[7][0]: stats.get("ckpt_temps_left", 0) > 0,
+        BUGS[8][0]: stats.get("h5_leftovers", 0) > 0,
     }
     kills = stats.get("extract_kills", 0) + (1 if stats.get("dask") else 0) + stats.get("ckpt_kills", 0) \
         + (1 if stats.get("train_ok") else 0)
