@@ -58,11 +58,12 @@ def extract_config(shard_size: int, batch_size: int = 4, num_workers: int = 0):
 FAULT_SHARD_SIZE = 1
 
 
-def fault_corpus(base: Path) -> tuple[Corpus, Path]:
+def fault_corpus(base: Path, suffix: str = ".zarr") -> tuple[Corpus, Path]:
     """The corpus of the fault scenarios (kills, full disk, damage): the toy corpus plus two
     failing clips (so the failures file is not trivially empty), 14 clips, and its
     uninterrupted reference cache (``extract_config(FAULT_SHARD_SIZE)``, in this process),
-    both made once per ``base``. Returns ``(corpus, reference cache path)``."""
+    both made once per ``base``; ``suffix`` picks the reference's backend (``.zarr``/``.h5``).
+    Returns ``(corpus, reference cache path)``."""
     root = Path(base) / "faults"
     toy = toy_corpus(Path(base))
     if (root / "manifest.jsonl").exists():
@@ -70,7 +71,7 @@ def fault_corpus(base: Path) -> tuple[Corpus, Path]:
                         cases=_few_cases_expect(root / MEDIA_DIR))
     else:
         corpus = build_corpus(root, toy, cases="few")
-    ref = root / "reference.zarr"
+    ref = root / f"reference{suffix}"
     from pipeline.cache import open_cache
     from pipeline.errors import CacheError
     try:

@@ -199,6 +199,17 @@ def section_kills(work: Path, base: Path) -> tuple[list[str], dict]:
     return out, stats
 
 
+def _damage_table(d) -> list[str]:
+    """Markdown rows: each damaged shard, what `verify` said of it and the read error."""
+    lines = d.verify.stdout.splitlines()
+    rows = ["| damage | `avfuse cache verify` (exit " + str(d.verify.rc) + ") | reading those rows |",
+            "| --- | --- | --- |"]
+    for kind, k in d.shards.items():
+        v = "; ".join(x for x in lines if f"shard {k}:" in x or f"shard {k} " in x)
+        rows.append(f"| {kind}, shard {k} | {_esc(_short(v, 150))} | `CacheError`: {_esc(_short(d.errors[kind], 120))} |")
+    return rows
+
+
 def section_disk_damage(work: Path, base: Path) -> tuple[list[str], dict]:
     out = ["## Full disk", "",
            "| how | shards done before the error | store after the error | error shown | one clean line? | rerun "
@@ -218,12 +229,7 @@ def section_disk_damage(work: Path, base: Path) -> tuple[list[str], dict]:
     d = td.run_damage(work / "damage", base)
     out += ["", "## Damaged store", "",
             "Three shards of a copy of the reference cache damaged at once.", "",
-            "| damage | `avfuse cache verify` (exit " + str(d.verify.rc) + ") | reading those rows |",
-            "| --- | --- | --- |"]
-    lines = d.verify.stdout.splitlines()
-    for kind, k in d.shards.items():
-        v = "; ".join(x for x in lines if f"shard {k}:" in x or f"shard {k} " in x)
-        out.append(f"| {kind}, shard {k} | {_esc(_short(v, 150))} | `CacheError`: {_esc(_short(d.errors[kind], 120))} |")
+            *_damage_table(d)]
     rerun_ok = not d.diffs_rerun and d.after_rerun.rc == 0
     m = [x for x in d.rerun.stderr.splitlines() if "computed now" in x]
     out += ["", f"* `avfuse extract` rerun on the damaged store: {_esc(m[0] if m else 'exit ' + str(d.rerun.rc))}; "
@@ -237,15 +243,10 @@ def section_disk_damage(work: Path, base: Path) -> tuple[list[str], dict]:
             f"{OK if e.readable else BAD}; `avfuse extract` refuses the store: exit {e.rerun.rc}, "
             f"\"{_esc(_short(e.rerun.stderr.strip().splitlines()[-1], 140))}\".", ""]
     h = tdh.run_damage_h5(work / "damage_h5", base)
-    lines = h.verify.stdout.splitlines()
     out += ["### The same in an HDF5 cache (`C.h5`)", "",
             "Bytes flipped in place inside the file (the data is stored uncompressed: only avfuse's per-shard "
             "checksums can notice) and one marker overwritten, in a copy of an HDF5 reference of the same corpus.", "",
-            "| damage | `avfuse cache verify` (exit " + str(h.verify.rc) + ") | reading those rows |",
-            "| --- | --- | --- |"]
-    for kind, k in h.shards.items():
-        v = "; ".join(x for x in lines if f"shard {k}:" in x or f"shard {k} " in x)
-        out.append(f"| {kind}, shard {k} | {_esc(_short(v, 150))} | `CacheError`: {_esc(_short(h.errors[kind], 120))} |")
+            *_damage_table(h)]
     h_ok = not h.diffs and h.after.rc == 0
     m = [x for x in h.rerun.stderr.splitlines() if "computed now" in x]
     out += ["", f"* `avfuse extract` rerun: {_esc(m[0] if m else 'exit ' + str(h.rerun.rc))}; equals the reference "

@@ -16,43 +16,16 @@ three shards and give the uninterrupted reference back.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from tests.reliability.harness import (avfuse_here, compare_caches, extract_config, fault_corpus, fault_flags,
-                                       FAULT_SHARD_SIZE)
-from tests.reliability.test_disk_and_damage import read_errors
+from tests.reliability.harness import avfuse_here, compare_caches, fault_corpus, fault_flags
+from tests.reliability.test_disk_and_damage import assert_each_damage_named, read_errors
 
 DAMAGE = {"flipped bytes (face/frames)": ("face/frames", 3), "flipped bytes (audio/segments)": ("audio/segments", 5),
           "marker not JSON": (None, 7)}
-
-
-def h5_reference(base: Path) -> tuple[object, Path]:
-    """The fault corpus extracted into an HDF5 cache once per ``base`` (same config as the Zarr reference)."""
-    import torch
-
-    from pipeline.cache import open_cache
-    from pipeline.errors import CacheError
-    from pipeline.extract import run_extract
-
-    corpus, _ = fault_corpus(base)
-    ref = Path(base) / "faults" / "reference.h5"
-    try:
-        with open_cache(ref) as c:
-            if c.is_complete:
-                return corpus, ref
-    except CacheError:
-        pass
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_extract(corpus.manifest, ref, extract_config(FAULT_SHARD_SIZE), progress=False, overwrite=True)
-    finally:
-        torch.set_num_threads(n)
-    return corpus, ref
 
 
 def damage_h5(path: Path) -> dict[str, int]:
@@ -89,7 +62,7 @@ def _copy(ref: Path, dst: Path) -> Path:
 
 def run_damage_h5(work: Path, base: Path) -> SimpleNamespace:
     work.mkdir(parents=True, exist_ok=True)
-    corpus, ref = h5_reference(base)
+    corpus, ref = fault_corpus(base, ".h5")
     cache = _copy(ref, work / "damaged.h5")
     shards = damage_h5(cache)
     verify = avfuse_here("cache", "verify", str(cache), "--quiet")
@@ -110,15 +83,8 @@ def damaged(tmp_path_factory, base):
     return run_damage_h5(tmp_path_factory.mktemp("damage_h5"), base)
 
 
-def test_h5_verify_reports_each_damage(damaged):
-    assert damaged.verify.rc == 1, damaged.verify.stdout + damaged.verify.stderr
-    for kind, k in damaged.shards.items():
-        assert re.search(rf"shard {k}\b", damaged.verify.stdout), (kind, damaged.verify.stdout)
-
-
-def test_h5_reads_raise_cache_error_naming_the_shard(damaged):
-    for kind, k in damaged.shards.items():
-        assert re.search(rf"shard {k}\b", damaged.errors[kind]), (kind, damaged.errors[kind])
+def test_h5_verify_and_reads_name_each_damaged_shard(damaged):
+    assert_each_damage_named(damaged)
 
 
 def test_h5_extract_rerun_recomputes_damaged_shards(damaged):
