@@ -57,7 +57,6 @@ _resamplers: dict[tuple[int, int], object] = {}
 _resampler_lock = threading.Lock()
 
 
-
 def _check_regular_file(path: str, what: str) -> None:
     """``DecodeError`` unless ``path`` is a regular file (a device, FIFO or folder is refused unopened)."""
     if os.path.isfile(path):
@@ -66,6 +65,7 @@ def _check_regular_file(path: str, what: str) -> None:
         raise DecodeError(f"{what} is not a regular file (a device, FIFO or folder)", path=path,
                           hint="point the manifest at the media file itself")
     raise DecodeError(f"{what} not found", path=path, hint="check the manifest's media paths")
+
 
 def _resampler(src: int, dst: int):
     key = (int(src), int(dst))

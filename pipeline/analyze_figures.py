@@ -126,15 +126,9 @@ def plot_score_hists(label: str, results: dict, path: Path) -> str:
     return save(fig, path)
 
 
-def plot_det_curves(curves: list, path: Path, *, title: str) -> str:
-    """DET curves of several systems: ``pipeline.metrics.plot_det`` (one DET plotter for the project)."""
-    from pipeline.metrics import plot_det
-    return plot_det(curves, path, title=title)
-
-
 def write_figures(out: Path, systems, embs: dict, geo_rows: list[dict], view, scores: dict, modes) -> dict:
     """All PNGs; returns ``{name: {"path": relative file name, "caption": text}}`` in display order."""
-    from pipeline.metrics import error_curves
+    from pipeline.metrics import error_curves, plot_det
 
     figs: dict = {}
 
@@ -161,12 +155,12 @@ def write_figures(out: Path, systems, embs: dict, geo_rows: list[dict], view, sc
                 continue
             add(f"scores_{f}", plot_score_hists(s.label, res, out / f"scores_{f}.png"),
                 f"{s.label}: score histograms of target and non-target trials per mode.")
-            plot_det_curves([(m, error_curves(r.scores, r.labels)) for m, r in res.items()], out / f"det_{f}.png",
+            plot_det([(m, error_curves(r.scores, r.labels)) for m, r in res.items()], out / f"det_{f}.png",
                             title=f"DET: {s.label}, all modes")
             add(f"det_{f}", out / f"det_{f}.png", f"{s.label}: DET curves of every mode.")
         av = [(s.label, scores[(s.label, "AVxAV")]) for s in systems if (s.label, "AVxAV") in scores]
         if av:
-            plot_det_curves([(lab, error_curves(r.scores, r.labels)) for lab, r in av], out / "det_AVxAV.png",
+            plot_det([(lab, error_curves(r.scores, r.labels)) for lab, r in av], out / "det_AVxAV.png",
                             title="DET: all systems, AVxAV")
             add("det_AVxAV", out / "det_AVxAV.png", "DET curves of every system in AVxAV.")
     return figs

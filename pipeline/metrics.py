@@ -52,8 +52,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pathlib import Path
-
 import numpy as np
 
 from pipeline.errors import ScoringError
@@ -211,10 +209,7 @@ def plot_det(curves: list[tuple[str, ErrorCurves]], path, *, title: str = "DET c
     corner, which a DET curve never reaches. Written with matplotlib's Agg backend,
     atomically (format from the file suffix, PNG by default).
     """
-    import io
-
-    from pipeline.config import atomic_write_bytes
-    from pipeline.plots import plt
+    from pipeline.plots import plt, save
 
     pyplot = plt()
     eers = [eer_from_curves(c)[0] for _, c in curves]
@@ -242,9 +237,4 @@ def plot_det(curves: list[tuple[str, ErrorCurves]], path, *, title: str = "DET c
     ax.grid(True, ls="--", lw=0.5, alpha=0.6)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fmt = str(path).rsplit(".", 1)[-1].lower() if "." in Path(str(path)).name else "png"
-    fig.savefig(buf, format=fmt, dpi=120)
-    pyplot.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return str(path)
+    return save(fig, path)

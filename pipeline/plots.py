@@ -2,7 +2,7 @@
 
 One style for every figure: 11 pt text, 12 pt titles, labelled axes, a legend
 whenever more than one series is drawn, light grid. Figures are written
-atomically as PNG at 120 dpi.
+atomically at 120 dpi (PNG unless the file name says otherwise).
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ def plt():
 
 
 def save(fig, path: str | Path, dpi: int = 120) -> str:
-    """Write ``fig`` as PNG (atomically) and close it; returns the path."""
+    """Write ``fig`` (atomically) in the format of ``path``'s suffix (PNG without one) and
+    close it; returns the path."""
     pyplot = plt()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    suffix = Path(str(path)).suffix.lower().lstrip(".")
+    fig.savefig(buf, format=suffix or "png", dpi=dpi, bbox_inches="tight")
     pyplot.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return str(path)
