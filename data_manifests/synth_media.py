@@ -33,30 +33,39 @@ AAC_OPTIONS = {"aac_coder": "fast", "flags": "+bitexact"}
 BITEXACT = {"fflags": "+bitexact"}
 
 
-def _encode_aac(container, stream, audio: np.ndarray, sample_rate: int) -> None:
+def encode_aac(container, stream, audio: np.ndarray, sample_rate: int) -> None:
+    """Encode ``audio`` (``(T,)`` mono or ``(T, C)``, clipped to [-1, 1]) into AAC ``stream``
+    (from ``add_aac_stream``) and mux it into ``container``, flushing the encoder."""
     import av
 
     pcm = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
+    pcm = pcm[:, None] if pcm.ndim == 1 else pcm
+    layout = "mono" if pcm.shape[1] == 1 else "stereo"
     frame_size = stream.codec_context.frame_size or 1024
     pts = 0
     for start in range(0, len(pcm), frame_size):
-        chunk = pcm[start:start + frame_size]
-        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+        chunk = np.ascontiguousarray(pcm[start:start + frame_size].T)
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
         frame.sample_rate = sample_rate
         frame.pts = pts
         frame.time_base = Fraction(1, sample_rate)
-        pts += len(chunk)
+        pts += chunk.shape[1]
         for packet in stream.encode(frame):
             container.mux(packet)
     for packet in stream.encode(None):
         container.mux(packet)
 
 
-def _add_aac_stream(container, sample_rate: int):
+def add_aac_stream(container, sample_rate: int, channels: int = 1, *, bit_rate: int | None = AAC_BIT_RATE,
+                   options: dict | None = AAC_OPTIONS):
+    """An AAC stream (mono, or stereo for ``channels=2``) in ``container``; ``bit_rate``/``options``
+    None: the encoder's defaults."""
     stream = container.add_stream("aac", rate=sample_rate)
-    stream.layout = "mono"
-    stream.bit_rate = AAC_BIT_RATE
-    stream.codec_context.options = dict(AAC_OPTIONS)
+    stream.layout = "mono" if channels == 1 else "stereo"
+    if bit_rate is not None:
+        stream.bit_rate = bit_rate
+    if options is not None:
+        stream.codec_context.options = dict(options)
     return stream
 
 
@@ -67,8 +76,8 @@ def write_m4a(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w", format="ipod", options=BITEXACT) as container:
-        stream = _add_aac_stream(container, sample_rate)
-        _encode_aac(container, stream, audio, sample_rate)
+        stream = add_aac_stream(container, sample_rate)
+        encode_aac(container, stream, audio, sample_rate)
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int, audio: np.ndarray | None = None,
@@ -90,7 +99,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int, audio: np.ndarray 
         vstream.pix_fmt = "yuv420p"
         vstream.codec_context.options = dict(X264_OPTIONS)
         vstream.codec_context.time_base = Fraction(1, fps)
-        astream = _add_aac_stream(container, sample_rate) if audio is not None else None
+        astream = add_aac_stream(container, sample_rate) if audio is not None else None
         for i in range(n):
             frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
             frame.pts = i
@@ -100,7 +109,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int, audio: np.ndarray 
         for packet in vstream.encode(None):
             container.mux(packet)
         if astream is not None:
-            _encode_aac(container, astream, audio, sample_rate)
+            encode_aac(container, astream, audio, sample_rate)
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -155,4 +164,4 @@ def decode_video(path: str | Path) -> np.ndarray:
 
 
 __all__ = ["write_m4a", "write_mp4", "write_wav", "write_jpg_frames", "decode_audio", "decode_video",
-           "AAC_BIT_RATE", "AAC_OPTIONS", "X264_OPTIONS"]
+           "add_aac_stream", "encode_aac", "AAC_BIT_RATE", "AAC_OPTIONS", "X264_OPTIONS"]

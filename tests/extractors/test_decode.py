@@ -4,12 +4,12 @@ in tmp dirs), good and bad."""
 from __future__ import annotations
 
 import os
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from data_manifests.synth_media import add_aac_stream, encode_aac
 from extractors import decode
 from extractors.decode import frame_indices, load_audio, load_faces
 from pipeline.errors import DecodeError
@@ -28,28 +28,13 @@ def write_wav(path, audio: np.ndarray, sr: int) -> Path:
 
 
 def _add_audio(container, audio: np.ndarray, sr: int):
-    a = audio if audio.ndim == 2 else audio[:, None]
-    st = container.add_stream("aac", rate=sr)
-    st.layout = "mono" if a.shape[1] == 1 else "stereo"
-    return st
+    """An AAC stream for ``audio`` (mono or stereo) with the encoder's defaults."""
+    return add_aac_stream(container, sr, 1 if audio.ndim == 1 else audio.shape[1], bit_rate=None, options=None)
 
 
 def _encode_audio(container, audio: np.ndarray, sr: int, st=None) -> None:
     """audio: (T,) mono or (T, C) -> AAC stream in ``container``."""
-    import av
-    a = audio if audio.ndim == 2 else audio[:, None]
-    layout = "mono" if a.shape[1] == 1 else "stereo"
-    st = st or _add_audio(container, audio, sr)
-    step, pts = 1024, 0
-    for s in range(0, len(a), step):
-        chunk = np.ascontiguousarray(a[s:s + step].T, dtype=np.float32)
-        fr = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-        fr.sample_rate, fr.pts, fr.time_base = sr, pts, Fraction(1, sr)
-        pts += chunk.shape[1]
-        for p in st.encode(fr):
-            container.mux(p)
-    for p in st.encode(None):
-        container.mux(p)
+    encode_aac(container, st or _add_audio(container, audio, sr), audio, sr)
 
 
 def write_m4a(path, audio: np.ndarray, sr: int) -> Path:

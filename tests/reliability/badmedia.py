@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from data_manifests.manifest import ClipRecord, read_manifest, write_manifest
+from data_manifests.synth_media import add_aac_stream, encode_aac
 
 REPO = Path(__file__).resolve().parents[2]
 #: a folder name with spaces and non-ASCII characters: every bad file lives under it
@@ -75,27 +76,9 @@ def write_wav(path: Path, audio: np.ndarray, sr: int) -> Path:
 
 
 def _add_aac(container, audio: np.ndarray, sr: int):
-    a = audio if audio.ndim == 2 else audio[:, None]
-    st = container.add_stream("aac", rate=sr)
-    st.layout = "mono" if a.shape[1] == 1 else "stereo"
-    st.codec_context.options = {"aac_coder": "fast"}
-    return st
-
-
-def _encode_aac(container, st, audio: np.ndarray, sr: int) -> None:
-    import av
-    a = audio if audio.ndim == 2 else audio[:, None]
-    layout = "mono" if a.shape[1] == 1 else "stereo"
-    pts = 0
-    for s in range(0, len(a), 1024):
-        chunk = np.ascontiguousarray(np.clip(a[s:s + 1024], -1, 1).T, dtype=np.float32)
-        fr = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-        fr.sample_rate, fr.pts, fr.time_base = sr, pts, Fraction(1, sr)
-        pts += chunk.shape[1]
-        for p in st.encode(fr):
-            container.mux(p)
-    for p in st.encode(None):
-        container.mux(p)
+    """An AAC stream for ``audio`` (mono or stereo), the fast coder, the encoder's default bit rate."""
+    return add_aac_stream(container, sr, 1 if audio.ndim == 1 else audio.shape[1], bit_rate=None,
+                          options={"aac_coder": "fast"})
 
 
 def write_m4a(path: Path, audio: np.ndarray, sr: int) -> Path:
@@ -103,7 +86,7 @@ def write_m4a(path: Path, audio: np.ndarray, sr: int) -> Path:
     import av
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w", format="ipod") as c:
-        _encode_aac(c, _add_aac(c, audio, sr), audio, sr)
+        encode_aac(c, _add_aac(c, audio, sr), audio, sr)
     return path
 
 
@@ -130,7 +113,7 @@ def write_mp4(path: Path, frames: np.ndarray | None, fps: int = 25, audio: np.nd
             for p in vs.encode(None):
                 c.mux(p)
         if ast is not None:
-            _encode_aac(c, ast, audio, sr)
+            encode_aac(c, ast, audio, sr)
     return path
 
 
