@@ -38,14 +38,14 @@ VOX2_MEAN_SECONDS = 7.78
 
 
 def _cfg(args, device: str, num_workers: int):
-    from pipeline.extract import ExtractConfig
+    from pipeline.extract.config import ExtractConfig
     return ExtractConfig(audio_backbone="ge2e_lstm", audio_weights=args.audio_weights, face_backbone="iresnet18",
                          face_weights="random", shard_size=args.shard_size, batch_size=args.batch_size,
                          num_workers=num_workers, device=device, dtype="float16")
 
 
 def _max_diff(a: Path, b: Path) -> float:
-    from pipeline.cache import open_cache
+    from pipeline.cache.reader import open_cache
     with open_cache(a) as x, open_cache(b) as y:
         assert x.ids.tolist() == y.ids.tolist()
         return max(float(np.abs(x.to_numpy(n) - y.to_numpy(n)).max()) for n in x.names
@@ -53,7 +53,7 @@ def _max_diff(a: Path, b: Path) -> float:
 
 
 def run_in_process(args, manifest: Path, out: Path, device: str, num_workers: int) -> dict:
-    from pipeline.extract import run_extract
+    from pipeline.extract.run import run_extract
     t0 = time.perf_counter()
     s = run_extract(manifest, out, _cfg(args, device, num_workers), progress=False)
     wall = time.perf_counter() - t0
@@ -64,7 +64,8 @@ def run_in_process(args, manifest: Path, out: Path, device: str, num_workers: in
 
 def run_dask(args, manifest: Path, out: Path, device: str, workers: int, num_workers: int,
              threads_per_worker: int | None = None) -> dict:
-    from pipeline.distributed import ClusterOptions, open_cluster, run_distributed
+    from pipeline.extract.dask.cluster import ClusterOptions, open_cluster
+    from pipeline.extract.dask.driver import run_distributed
     t0 = time.perf_counter()
     opts = ClusterOptions(cluster="local", workers=workers, threads_per_worker=threads_per_worker,
                           devices=("0",) * workers if device.startswith("cuda") else None, dashboard=False)
@@ -98,7 +99,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", type=Path, default=Path(__file__).with_suffix(".json"))
     args = ap.parse_args(argv)
     args.batch_size = args.batch_size or (64 if args.gpu else 8)
-    from data_manifests.synth import synthesize
+    from data_manifests.synth.corpus import synthesize
     tmp = Path(tempfile.mkdtemp(prefix="avfuse-scaling-"))
     work = args.keep or tmp
     work.mkdir(parents=True, exist_ok=True)

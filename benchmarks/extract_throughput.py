@@ -45,7 +45,7 @@ def naive_loop(records, cfg, models, out_dir: Path) -> dict:
     import zarr
 
     from extractors.batching import segment_plan, tile_to_length
-    from extractors.decode import load_audio, load_faces
+    from extractors.media.decode import load_audio, load_faces
     dev = cfg.device
     S, F = cfg.segments, cfg.frames
     ai, fi = models.audio_info, models.face_info
@@ -113,9 +113,10 @@ def main(argv=None) -> dict:
     import torch
 
     from data_manifests.manifest import read_manifest
-    from pipeline.cache import open_cache
-    from pipeline.extract import ExtractConfig, run_extract
-    from pipeline.extract_shard import get_models
+    from pipeline.cache.reader import open_cache
+    from pipeline.extract.config import ExtractConfig
+    from pipeline.extract.models import get_models
+    from pipeline.extract.run import run_extract
     if args.threads:
         torch.set_num_threads(args.threads)
     cores = os.cpu_count() or 1
@@ -127,7 +128,7 @@ def main(argv=None) -> dict:
         corpus = args.corpus
         t_synth = 0.0
         if corpus is None or not (corpus / "manifest.jsonl").exists():
-            from data_manifests.synth import synthesize
+            from data_manifests.synth.corpus import synthesize
             corpus = corpus or tmp / "toy"
             speakers = max(6, math.ceil(args.clips / 4))
             t0 = time.perf_counter()
@@ -141,8 +142,9 @@ def main(argv=None) -> dict:
                             batch_size=args.batch_size or (64 if cuda else 8),
                             num_workers=args.num_workers if args.num_workers is not None else
                             (max(1, cores - 2) if cuda else min(4, cores)))
-        from pipeline.extract_shard import resolve_weights
         import dataclasses
+
+        from pipeline.extract.models import resolve_weights
         cfg = dataclasses.replace(cfg, audio_weights=resolve_weights(audio_name, aw))
         models = get_models(cfg)  # loaded once, outside both timings
         with torch.inference_mode():  # warm-up (allocators, cudnn/oneDNN primitives)
@@ -201,7 +203,7 @@ def main(argv=None) -> dict:
               f"{cfg.num_workers} workers, overlapped; wait = main thread idle waiting for decode)")
         print(f"ratio ours / naive: {ratio:.2f}x   (compute split: audio {st.audio_seconds:.1f} s, "
               f"face {st.face_seconds:.1f} s)")
-        print(f"same embeddings: max |naive - ours| / max |naive| (ours stored float16) = "
+        print("same embeddings: max |naive - ours| / max |naive| (ours stored float16) = "
               + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
         print(f"VoxCeleb2 dev projection ({VOX2_CLIPS:,} clips, {VOX2_HOURS:,.0f} h, mean {mean_len * scale:.2f} s "
               f"vs toy {mean_len:.2f} s): {proj_h:,.1f} h on this machine")

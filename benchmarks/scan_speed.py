@@ -1,4 +1,4 @@
-"""Scan throughput: `data_manifests.scan` vs a naive sequential walk-and-probe, same tree, same run.
+"""Scan throughput: `data_manifests.voxceleb` vs a naive sequential walk-and-probe, same tree, same run.
 
 Builds synthetic trees of tiny but valid media in a temp folder (bytes of one real file
 copied per clip, so building is cheap and every header is a real one):
@@ -33,7 +33,7 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from data_manifests.scan import scan  # noqa: E402
+from data_manifests.voxceleb import scan  # noqa: E402
 
 VOX2_DEV_CLIPS = 1_092_009
 

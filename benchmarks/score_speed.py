@@ -101,7 +101,8 @@ def _embeddings(speaker_idx: np.ndarray, spk_vecs: np.ndarray, seed: int) -> np.
 
 
 def _write(path: Path, ids: np.ndarray, split: str, tag: str) -> Path:
-    from pipeline.cache import CacheLayout, create_cache
+    from pipeline.cache.layout import CacheLayout
+    from pipeline.cache.writer import create_cache
 
     speakers = np.array([x.split("/", 1)[0] for x in ids.tolist()])
     prov = {"avfuse_version": "bench", "manifest_fingerprint": f"score-speed-{tag}-{len(ids)}",
@@ -148,9 +149,9 @@ def build_caches(work: Path, cohort_per_speaker: int) -> tuple[Path, Path]:
 
 def run_avfuse(cache_path: Path, list_path: Path) -> dict:
     from data_manifests.trials import read_trials
-    from pipeline.cache import open_cache
-    from pipeline.metrics import compute_metrics
-    from pipeline.scoring import score_from_cache
+    from pipeline.cache.reader import open_cache
+    from pipeline.core.metrics import compute_metrics
+    from pipeline.score.engine import score_from_cache
 
     c0, t0 = time.process_time(), time.perf_counter()
     trials = read_trials(list_path)
@@ -172,9 +173,9 @@ t0 = time.perf_counter()
 import json, sys
 sys.path.insert(0, {repo!r})
 from data_manifests.trials import read_trials
-from pipeline.cache import open_cache
-from pipeline.metrics import compute_metrics
-from pipeline.scoring import score_from_cache
+from pipeline.cache.reader import open_cache
+from pipeline.core.metrics import compute_metrics
+from pipeline.score.engine import score_from_cache
 t1 = time.perf_counter()
 res = score_from_cache(open_cache({cache!r}), read_trials({lst!r}), "AxA")
 m = compute_metrics(res.scores, res.labels)
@@ -319,7 +320,7 @@ def loop_dot_preloaded(cache_path: Path, list_path: Path, n_loop: int, n_total: 
 def scoring_core(list_path: Path, d: dict, n_loop: int) -> dict:
     """All in memory: the np.dot loop over pre-parsed pairs vs avfuse's gather + row-wise dot."""
     from data_manifests.trials import read_trials
-    from pipeline.scoring import row_dot
+    from pipeline.score.channels import row_dot
 
     trials = read_trials(list_path)
     utts, ei, ti = trials.index()
@@ -341,7 +342,7 @@ def asnorm_loop(cache, trials, cohort: str, top_k: int, n_loop: int, ref_scores:
     (computed here untimed); timed on the first ``n_loop`` trials and extrapolated."""
     import torch
 
-    from pipeline.norm import cohort_from_cache, resolve_cohort
+    from pipeline.score.norm import cohort_from_cache, resolve_cohort
 
     means, _ = cohort_from_cache(resolve_cohort(cohort, cache), "A")
     train_cohort = torch.from_numpy(means)[:, None, :]            # (C, 1, D)
@@ -370,9 +371,9 @@ def asnorm_child(cache_path: str, list_path: str, top_k: int, cohort: str, n_loo
     import torch
 
     from data_manifests.trials import read_trials
-    from pipeline.cache import open_cache
-    from pipeline.metrics import compute_metrics
-    from pipeline.scoring import score_from_cache
+    from pipeline.cache.reader import open_cache
+    from pipeline.core.metrics import compute_metrics
+    from pipeline.score.engine import score_from_cache
 
     t0, c0 = time.perf_counter(), time.process_time()
     trials = read_trials(list_path)

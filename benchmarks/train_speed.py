@@ -58,7 +58,9 @@ def make_cache(path: Path, n: int, n_ids: int, da: int, dv: int, steps: int, sha
     """Write (or reuse) a synthetic cache: identity prototypes + clip and step noise, float16."""
     from tqdm import tqdm
 
-    from pipeline.cache import CacheLayout, create_cache, open_cache
+    from pipeline.cache.layout import CacheLayout
+    from pipeline.cache.reader import open_cache
+    from pipeline.cache.writer import create_cache
 
     prov = {"avfuse_version": "bench", "manifest_fingerprint": f"synthetic-{n}-{n_ids}-{seed}",
             "audio_backbone": {"name": "synthetic", "dim": da}, "face_backbone": {"name": "synthetic", "dim": dv},
@@ -104,14 +106,15 @@ def peak_rss_mb() -> float:
 def phase_ours(args) -> dict:
     import torch
 
-    from fusion.trainer import TrainConfig, train_head
-    from pipeline.cache import open_cache
+    from fusion.trainer import TrainConfig
+    from pipeline.cache.reader import open_cache
+    from pipeline.train.run import train_head
 
     cache = open_cache(args.cache)
     cfg = TrainConfig(epochs=1, batch_size=args.batch_size, device=args.device, mask_prob=0.3)
     t0 = time.perf_counter()
-    from fusion.data import load_split
     from fusion.registry import get_head
+    from pipeline.train.data import load_split
     batch, labels, _ = load_split(cache, "train", get_head(args.head).needs_sequences, device=args.device)
     load_s = time.perf_counter() - t0
     # warm-up (first-call kernel/allocator set-up), as the DataLoader runs get 2 warm-up batches
@@ -161,7 +164,7 @@ class CacheItems:
 
     def __getitem__(self, i: int) -> dict:
         if self.cache is None:          # opened lazily: once per DataLoader worker
-            from pipeline.cache import open_cache
+            from pipeline.cache.reader import open_cache
             self.cache = open_cache(self.path)
         r = int(self.rows[i])
         item = {name: np.asarray(self.cache.array(name)[r:r + 1])[0] for name in self._arrays()}
@@ -191,12 +194,11 @@ def phase_naive(args, source: str) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from fusion.batch import EmbeddingBatch
-    from fusion.data import resolve_device
+    from fusion.batch import EmbeddingBatch, resolve_device
     from fusion.losses import make_loss
     from fusion.registry import get_head
     from fusion.trainer import TrainConfig, _mask_modalities, build_for_training
-    from pipeline.cache import open_cache
+    from pipeline.cache.reader import open_cache
 
     cache = open_cache(args.cache)
     entry = get_head(args.head)

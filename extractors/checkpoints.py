@@ -1,7 +1,7 @@
-"""Checkpoint and cost helpers shared by every backbone (audio and face): unwrap a
-nested checkpoint, strip/add key prefixes, drop training-only heads, copy a state dict,
-count blocks per ResNet stage, say what a foreign checkpoint looks like, and count
-parameters and multiply-accumulates.
+"""Checkpoint helpers shared by every backbone (audio and face): unwrap a nested
+checkpoint, strip/add key prefixes, drop training-only heads, copy a state dict, count
+blocks per ResNet stage, say what a foreign checkpoint looks like (parameter and MAC
+counts live in ``extractors.counting``).
 
 Published checkpoints arrive in several wrappings of one state dict:
 
@@ -27,7 +27,7 @@ A checkpoint of the wrong network still fails, in the backbone's own layout chec
 
 Every helper is pure (returns new dicts) and raises :class:`BackboneError` for things a
 user can cause. Layout-specific renames live with each backbone (e.g.
-``extractors.audio_ecapa.to_published``/``from_published``).
+``extractors.audio.ecapa.to_published``/``from_published``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from pipeline.errors import BackboneError
+from pipeline.core.errors import BackboneError
 
 #: dict keys under which trainers nest the state dict, tried in this order at each level.
 NESTING_KEYS: tuple[str, ...] = ("state_dict_backbone", "model_state", "state_dict", "model_state_dict",
@@ -190,47 +190,4 @@ def foreign_checkpoint_error(name: str, state: Mapping[str, torch.Tensor], expec
 
 # --------------------------------------------------------------------------- costs
 
-def count_params(module: nn.Module) -> int:
-    """Number of parameter elements (learnable and frozen; buffers such as BatchNorm
-    statistics excluded)."""
-    return sum(p.numel() for p in module.parameters())
 
-
-def _lstm_macs(mod: nn.LSTM, x: torch.Tensor) -> int:
-    """``steps x 4H(I + H)`` per layer and direction (``I`` = input size of the layer)."""
-    steps = x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0]
-    dirs = 2 if mod.bidirectional else 1
-    total = 0
-    for layer in range(mod.num_layers):
-        i = mod.input_size if layer == 0 else mod.hidden_size * dirs
-        total += steps * 4 * mod.hidden_size * (i + mod.hidden_size) * dirs
-    return total
-
-
-@torch.no_grad()
-def forward_gmacs(module: nn.Module, *inputs: Any) -> float:
-    """GMACs (1e9 multiply-accumulates) of one eval-mode ``module(*inputs)``.
-
-    Counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions, linear
-    layers, matmuls -- mel projections included; FFTs, norms, activations and pooling not
-    counted), MACs = FLOPs / 2; ``nn.LSTM`` (not seen by the counter on CPU) is added
-    analytically by :func:`_lstm_macs`. The module's training mode is restored after."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    lstm = [0]
-
-    def hook(mod, args, _out):
-        lstm[0] += _lstm_macs(mod, args[0])
-
-    hooks = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.LSTM)]
-    was_training = module.training
-    module.eval()
-    try:
-        counter = FlopCounterMode(display=False)
-        with counter:
-            module(*inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        module.train(was_training)
-    return (counter.get_total_flops() / 2 + lstm[0]) / 1e9

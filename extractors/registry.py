@@ -8,21 +8,22 @@ themselves on import; the built-in ones are imported lazily on first lookup, so
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.errors import BackboneError
+from pipeline.core.errors import BackboneError
+from pipeline.core.registry import Registry
+from pipeline.core.safeload import load_weights_only
 
 # modules that register built-in backbones (imported on first use)
 BUILTIN_MODULES: list[str] = [
-    "extractors.audio_ge2e",
-    "extractors.audio_ecapa",
-    "extractors.audio_resnet",
-    "extractors.audio_mobilenet",
-    "extractors.face_iresnet",
-    "extractors.face_resnet",
+    "extractors.audio.ge2e",
+    "extractors.audio.ecapa",
+    "extractors.audio.resnet",
+    "extractors.audio.mobilenet",
+    "extractors.face.iresnet",
+    "extractors.face.resnet",
 ]
 
 
@@ -44,6 +45,31 @@ class InputSpec:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class Weights:
+    """Named weights of a backbone, as data (like torchvision's ``Weights``).
+
+    ``locate()`` finds the file on this machine (e.g. inside an installed PyPI package;
+    avfuse never downloads) or raises ``BackboneError`` saying how to get it; ``sha256``
+    is checked when the weights are resolved; ``meta`` says where they come from.
+    ``random`` (a seeded random init) is always available and is not a ``Weights``.
+    """
+
+    name: str
+    locate: Callable[[], Path]
+    sha256: str | None = None
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def path(self) -> Path:
+        from pipeline.core.fsio import sha256_file
+
+        p = Path(self.locate())
+        if self.sha256 is not None and sha256_file(p) != self.sha256:
+            raise BackboneError(f"the {self.name} weights file does not have the published checksum", path=p,
+                                hint=f"expected sha256 {self.sha256}; reinstall the package that ships it")
+        return p
+
+
 @dataclass
 class BackboneEntry:
     name: str
@@ -54,45 +80,33 @@ class BackboneEntry:
     formats: tuple[str, ...] = ()                 # human names of accepted checkpoint layouts
     description: str = ""
     build_kwargs: dict = field(default_factory=dict)
+    weights: tuple[Weights, ...] = ()             # named weights (e.g. "pretrained"), besides "random"
+
+    def get_weights(self, name: str) -> Weights:
+        for w in self.weights:
+            if w.name == name:
+                return w
+        known = ", ".join([w.name for w in self.weights] + ["random"])
+        raise BackboneError(f"backbone {self.name!r} has no {name!r} weights",
+                            hint=f"its named weights: {known}; or give a checkpoint path")
 
 
-_REGISTRY: dict[str, BackboneEntry] = {}
-_loaded_builtins = False
+BACKBONES: Registry[BackboneEntry] = Registry("backbone", BackboneError, BUILTIN_MODULES)
 
 
 def register_backbone(entry: BackboneEntry) -> BackboneEntry:
-    if entry.name in _REGISTRY and _REGISTRY[entry.name] is not entry:
-        raise BackboneError(f"backbone {entry.name!r} is registered twice")
     if entry.modality != entry.spec.modality:
         raise BackboneError(f"backbone {entry.name!r}: modality {entry.modality} != spec {entry.spec.modality}")
-    _REGISTRY[entry.name] = entry
-    return entry
-
-
-def _load_builtins() -> None:
-    global _loaded_builtins
-    if _loaded_builtins:
-        return
-    _loaded_builtins = True
-    for mod in BUILTIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:  # a real missing dependency inside the module
-                raise
+    return BACKBONES.register(entry.name, entry)
 
 
 def list_backbones(modality: str | None = None) -> list[BackboneEntry]:
-    _load_builtins()
-    return [e for n, e in sorted(_REGISTRY.items()) if modality is None or e.modality == modality]
+    return [BACKBONES.get(n) for n in sorted(BACKBONES.names())
+            if modality is None or BACKBONES.get(n).modality == modality]
 
 
 def get_backbone(name: str) -> BackboneEntry:
-    _load_builtins()
-    if name not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY)) or "(none)"
-        raise BackboneError(f"unknown backbone {name!r}", hint=f"known backbones: {known}")
-    return _REGISTRY[name]
+    return BACKBONES.get(name)
 
 
 def load_backbone(name: str, weights: str | Path, *, seed: int = 0, device: str = "cpu"):
@@ -109,7 +123,7 @@ def load_backbone(name: str, weights: str | Path, *, seed: int = 0, device: str 
     ``load_info`` dict attribute set by their builder/loader."""
     import torch
 
-    from pipeline.config import sha256_file
+    from pipeline.core.fsio import sha256_file
 
     entry = get_backbone(name)
     if weights is None or str(weights) == "":
@@ -154,33 +168,9 @@ def read_checkpoint(path: str | Path):
     """``torch.load(path, map_location="cpu", weights_only=True)``; anything it refuses
     (a pickled module or other object, a truncated or non-torch file) is a
     :class:`BackboneError` that says why."""
-    import pickle
-    import re
-    import zipfile
-
-    import torch
-
-    path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        text = " ".join(str(e).split())
-        glob = (re.search(r"Unsupported global: (GLOBAL \S+)", text)
-                or re.search(r"unsupported (GLOBAL \S+)", text))
-        if glob:
-            raise BackboneError("checkpoint is not a plain state dict: torch.load(weights_only=True) refused "
-                                f"to unpickle {glob.group(1)} (a pickled object or module, not tensors)", path=path,
-                                hint="avfuse never unpickles code; re-save it as "
-                                     "torch.save(model.state_dict(), PATH) in the environment that made it") from None
-        why = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
-        raise BackboneError("cannot read checkpoint: not a torch.save file, or a damaged one "
-                            f"({(why.group(1) if why else text)[:160]})", path=path,
-                            hint="is the file complete and written by torch.save? "
-                                 "avfuse loads with torch.load(weights_only=True)") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise BackboneError(f"cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'empty'})",
-                            path=path, hint="is the file complete and written by torch.save? "
-                                            "avfuse loads with torch.load(weights_only=True)") from None
+    return load_weights_only(path, BackboneError, what="checkpoint",
+                             hint="re-save it as torch.save(model.state_dict(), PATH) in the environment that made "
+                                  "it; avfuse loads with torch.load(weights_only=True)")
 
 
 def check_state_dict(name: str, module, state: dict, *, strict: bool = True) -> None:

@@ -28,15 +28,16 @@ from typing import Iterable, Sequence
 
 import torch
 
+from pipeline.core.modes import MODALITIES
+
 TENSOR_FIELDS = ("audio_clip", "audio_seq", "audio_seq_valid", "face_clip", "face_seq",
                  "face_seq_valid", "has_audio", "has_face")
 FLOAT_FIELDS = ("audio_clip", "audio_seq", "face_clip", "face_seq")
-MODALITIES = ("A", "V")
 
 
 def check_use(use: Iterable[str]) -> tuple[str, ...]:
     """Validate a ``use`` argument (a subset of ``("A", "V")``, non-empty)."""
-    from pipeline.errors import HeadError
+    from pipeline.core.errors import HeadError
 
     if isinstance(use, str):
         use = tuple(use)          # "AV" -> ("A", "V")
@@ -161,3 +162,10 @@ class EmbeddingBatch:
             else:
                 out[f] = torch.cat(ts, 0)
         return EmbeddingBatch(**out)
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/``"auto"`` -> ``cuda`` when available, else ``cpu``."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

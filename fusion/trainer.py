@@ -1,7 +1,7 @@
-"""Train a fusion head on in-memory cached embeddings.
+"""Train a fusion head on embeddings already in memory (tensors in, no paths).
 
-The split is loaded into memory once (``fusion.data.load_split``; on the GPU when
-there is one); each epoch permutes the row indices and slices mini-batches straight
+``pipeline.train`` loads a cache split into one ``EmbeddingBatch`` (on the GPU when
+there is one) and calls ``fit_head``; each epoch permutes the row indices and slices mini-batches straight
 out of those tensors: no per-item ``Dataset``/``DataLoader`` on the hot path.
 
 Per step: gather rows, cast to float32, randomly mask one modality of a sample with
@@ -21,25 +21,21 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from fusion.batch import EmbeddingBatch
-from fusion.data import load_split, resolve_device
-from fusion.dev import DevSet, dev_eer, dev_set_from_trials, pseudo_dev_set
+from fusion.batch import EmbeddingBatch, resolve_device
+from fusion.evaluation import DevSet, dev_eer, pseudo_dev_set
 from fusion.losses import LOSSES, make_loss
 from fusion.registry import get_head
-from pipeline.config import to_dict
-from pipeline.errors import ConfigError, TrainingError
+from pipeline.core.errors import ConfigError, HeadError, TrainingError
+from pipeline.core.progress import progress as progress_
 
 
 @dataclass
 class TrainConfig:
-    """Training options (JSON round-trip: ``pipeline.config.to_dict``/``from_dict``).
+    """Training options (JSON round-trip: ``pipeline.core.config.to_dict``/``from_dict``).
 
     ``margin``/``scale`` None: the head's AAM defaults (dca/jca/cross_attention
     0.4/64; mean/mlp/multiview 0.2/30, see ``fusion.losses``). ``temperature`` None:
@@ -90,37 +86,6 @@ def _dims(batch: EmbeddingBatch) -> tuple[int, int]:
     return int(a.shape[-1]), int(v.shape[-1])
 
 
-def _resolve_data(data, cfg: TrainConfig, need_sequences: bool, device: torch.device):
-    """-> (batch, labels, cache or None)."""
-    if isinstance(data, tuple):
-        batch, labels = data[0], data[1]
-        if not isinstance(batch, EmbeddingBatch):
-            raise TypeError("train_head data must be a cache, a cache path or (EmbeddingBatch, labels)")
-        if need_sequences and not batch.has_sequences:
-            from pipeline.errors import HeadError
-            raise HeadError("this head needs per-step sequences (audio_seq, face_seq) in the batch",
-                            hint="re-extract the cache with --segments/--frames")
-        if int(torch.unique(labels).numel()) < 2:
-            raise TrainingError(f"training needs at least 2 identities, got {int(torch.unique(labels).numel())}")
-        return batch.to(device), torch.as_tensor(labels).long().to(device), None
-    cache = data
-    if isinstance(data, (str, Path)):
-        from pipeline.cache import open_cache
-        cache = open_cache(data)
-    batch, labels, _ids = load_split(cache, cfg.split, need_sequences, device=device,
-                                     drop_bad_rows=cfg.drop_bad_rows)
-    return batch, labels, cache
-
-
-def _resolve_dev(dev_trials, cache, need_sequences: bool, device) -> DevSet | None:
-    if dev_trials is None or isinstance(dev_trials, DevSet):
-        return None if dev_trials is None else dev_trials.to(device)
-    if cache is None:
-        raise ConfigError("a dev trial list needs a cache to read its clips from",
-                          hint="pass a DevSet when training from in-memory tensors")
-    return dev_set_from_trials(cache, dev_trials, need_sequences, device=device)
-
-
 def _lr_factor(step: int, total: int, warmup: float) -> float:
     w = max(1, int(round(warmup * total)))
     if step < w:
@@ -145,24 +110,36 @@ def build_for_training(head_name: str, cfg: TrainConfig, audio_dim: int, face_di
     return entry.build(audio_dim, face_dim, **options)
 
 
-def train_head(data, head_name: str, cfg: TrainConfig | None = None, dev_trials=None, *,
-               progress: bool | None = None) -> tuple[Any, list[dict]]:
+def check_training_data(batch: EmbeddingBatch, labels, need_sequences: bool) -> None:
+    """Refuse what no head can train on: wrong types, missing sequences, one identity."""
+    if not isinstance(batch, EmbeddingBatch):
+        raise TypeError("training data must be an EmbeddingBatch and its labels")
+    if need_sequences and not batch.has_sequences:
+        raise HeadError("this head needs per-step sequences (audio_seq, face_seq) in the batch",
+                        hint="re-extract the cache with --segments/--frames")
+    n_ids = int(torch.unique(torch.as_tensor(labels)).numel())
+    if n_ids < 2:
+        raise TrainingError(f"training needs at least 2 identities, got {n_ids}")
+
+
+def fit_head(batch: EmbeddingBatch, labels, head_name: str, cfg: TrainConfig | None = None,
+             dev: DevSet | None = None, *, progress: bool | None = None) -> tuple[Any, list[dict]]:
     """Train (or, for ``score_avg``, calibrate) head ``head_name``; returns ``(head in eval mode, history)``.
 
-    ``data``: an ``EmbeddingCache``, a cache path, or ``(EmbeddingBatch, labels)``.
-    ``dev_trials``: None, a ``DevSet``, or (with a cache) a trial-list path / ``TrialList``;
-    with one, the dev EER (``cfg.dev_mode``) is computed after every epoch, the best
-    epoch's weights are kept, and training stops after ``cfg.patience`` epochs without
-    improvement. ``history``: one dict per epoch (``epoch, loss, acc, seconds,
-    clips_per_s, lr`` and ``dev_eer``), or for ``score_avg`` one calibration dict.
-    ``progress``: tqdm bar on stderr (None: only on a TTY).
+    ``batch``/``labels``: the training split (labels: int identity per row).
+    ``dev``: None or a ``DevSet``; with one, the dev EER (``cfg.dev_mode``) is computed
+    after every epoch, the best epoch's weights are kept, and training stops after
+    ``cfg.patience`` epochs without improvement. ``history``: one dict per epoch
+    (``epoch, loss, acc, seconds, clips_per_s, lr`` and ``dev_eer``), or for
+    ``score_avg`` one calibration dict. ``progress``: tqdm bar on stderr (None: only on a TTY).
     """
     cfg = cfg or TrainConfig()
     cfg.validate()
     entry = get_head(head_name)
     device = resolve_device(cfg.device)
-    batch, labels, cache = _resolve_data(data, cfg, entry.needs_sequences, device)
-    dev = _resolve_dev(dev_trials, cache, entry.needs_sequences, device)
+    check_training_data(batch, labels, entry.needs_sequences)
+    batch, labels = batch.to(device), torch.as_tensor(labels).long().to(device)
+    dev = None if dev is None else dev.to(device)
     audio_dim, face_dim = _dims(batch)
 
     torch.manual_seed(cfg.seed)
@@ -190,8 +167,7 @@ def train_head(data, head_name: str, cfg: TrainConfig | None = None, dev_trials=
     history: list[dict] = []
     best = (math.inf, None, -1)
     bad_epochs, step = 0, 0
-    bar = tqdm(total=total, desc=f"train {head_name}", unit="batch", disable=(None if progress is None
-                                                                              else not progress), leave=False)
+    bar = progress_(total=total, desc=f"train {head_name}", unit="batch", enabled=progress)
     try:
         for epoch in range(1, cfg.epochs + 1):
             head.train(); loss_fn.train()
@@ -255,21 +231,4 @@ def train_head(data, head_name: str, cfg: TrainConfig | None = None, dev_trials=
         history[-1]["best_epoch"] = best[2]
     return head.eval(), history
 
-
-def checkpoint_meta(cfg: TrainConfig, cache=None, history: list[dict] | None = None,
-                    n_classes: int | None = None) -> dict:
-    """The ``meta`` ``avfuse train`` stores next to the weights: TrainConfig, cache fingerprint, history."""
-    meta: dict[str, Any] = {"train_config": to_dict(cfg), "history": history or []}
-    if n_classes is not None:
-        meta["n_classes"] = int(n_classes)
-    if cache is not None:
-        meta["cache_fingerprint"] = cache.fingerprint
-        meta["cache_provenance"] = cache.provenance
-        meta["cache_path"] = str(cache.path)
-    try:
-        from pipeline import __version__
-        meta["avfuse_version"] = __version__
-    except ImportError:  # pragma: no cover
-        pass
-    return meta
 

@@ -1,0 +1,129 @@
+"""``avfuse manifest`` (scan a VoxCeleb tree / check a manifest) and ``avfuse trials``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from pipeline.core.errors import ManifestError
+
+SHOW = 5  # how many problem entries to print before "... and N more"
+
+
+@click.command("manifest", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", "roots", multiple=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Corpus folder (repeatable; trees are merged). It holds the modality folders "
+                   "(vox1: wav/, mp4/ or video/, frames/ or jpg/; vox2: aac/ or wav/, mp4/ or video/) "
+                   "or dev/ and test/ folders that hold them.")
+@click.option("--layout", type=click.Choice(["vox1", "vox2"]),
+              help="vox1: wav + mp4 or jpg frame folders; vox2: m4a + mp4.")
+@click.option("--out", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Manifest to write (.jsonl or .jsonl.gz), sorted by clip id; a report goes to FILE.scan.json.")
+@click.option("--split-from", "split_from", multiple=True, metavar="FILE[:SPLIT]",
+              help="Mark clips with a split (repeatable, later wins). A list file (e.g. vox1_tst_duration.txt.gz:test) "
+                   "marks each listed 'spk/video/utt' clip (or bare speaker id) with SPLIT; a CSV such as "
+                   "vox2_meta.csv gives each speaker its Set column.")
+@click.option("--split", metavar="NAME", help="Mark every clip with this split (before --split-from is applied). "
+                                               "Clips under a dev/ or test/ folder default to that name.")
+@click.option("--dataset", metavar="NAME", help="Dataset name recorded in each record (default: the layout).")
+@click.option("--workers", type=click.IntRange(1, 256), help="Threads for listing and header reads "
+                                                              "(default: 4 per core, at most 16).")
+@click.option("--no-probe", is_flag=True, help="Only list files; leave duration, sample_rate, fps, num_frames empty.")
+@click.option("--relative", is_flag=True, help="Store media paths relative to the manifest's folder (movable corpus).")
+@click.option("--no-resume", is_flag=True, help="Start over instead of resuming an interrupted scan of the same tree.")
+@click.option("--check", "check_path", type=click.Path(dir_okay=False), metavar="MANIFEST",
+              help="Instead of scanning: report entries of MANIFEST whose media files are gone (exit 2 if any).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def manifest_cmd(roots, layout, out, split_from, split, dataset, workers, no_probe, relative, no_resume,
+                 check_path, quiet) -> None:
+    """Scan a VoxCeleb1/2 tree into a JSONL clip manifest, or check one.
+
+    \b
+    avfuse manifest --root /data/vox2 --layout vox2 --out vox2.jsonl --split-from vox2_meta.csv
+    avfuse manifest --root /data/vox1 --layout vox1 --out vox1.jsonl \\
+        --split dev --split-from vox1_tst_duration.txt.gz:test
+    avfuse manifest --check vox2.jsonl
+
+    One record per clip id SPK/VIDEO/UTT; a clip found in only one modality is kept with the
+    other one empty. Headers are read in parallel; a file that cannot be read keeps its
+    record (duration empty) and is listed in the report. An interrupted scan resumes.
+    """
+    if check_path is not None:
+        if roots or out or layout:
+            raise click.UsageError("--check takes only a manifest; drop --root/--layout/--out")
+        _check(check_path, quiet)
+        return
+    missing = [n for n, v in (("--root", roots), ("--layout", layout), ("--out", out)) if not v]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (or use --check MANIFEST)")
+    from data_manifests.voxceleb import scan_to_manifest
+
+    report = scan_to_manifest(out, list(roots), layout, dataset=dataset, split=split, split_from=split_from,
+                              probe=not no_probe, workers=workers, relative=relative, resume=not no_resume,
+                              progress=not quiet)
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(report.split_counts.items()))
+    resumed = f", {report.n_resumed} resumed" if report.n_resumed else ""
+    click.echo(f"wrote {out}: {report.n_clips} clips ({report.n_audio_and_face} audio+face, "
+               f"{report.n_audio_only} audio only, {report.n_face_only} face only{resumed}); splits: {splits}; "
+               f"{report.seconds:.1f} s")
+    for s in report.split_sources:
+        if s["n_clips_matched"] == 0 and s["n_speakers_matched"] == 0:
+            click.echo(f"avfuse: warning: --split-from {s['source']} matched no scanned clip", err=True)
+    if report.n_ignored_files:
+        click.echo(f"note: {report.n_ignored_files} files/folders at an unexpected depth or with another "
+                   f"extension were ignored", err=True)
+    if report.unreadable:
+        click.echo(f"avfuse: warning: {report.n_unreadable} unreadable media file(s); their records are kept "
+                   f"with an empty duration (all listed in {out}.scan.json):", err=True)
+        for e in report.unreadable[:SHOW]:
+            click.echo(f"  {e['path']}: {e['error']}", err=True)
+        if report.n_unreadable > SHOW:
+            click.echo(f"  ... and {report.n_unreadable - SHOW} more", err=True)
+
+
+def _check(path: str, quiet: bool) -> None:
+    from data_manifests.manifest import check_manifest
+
+    rep = check_manifest(path, progress=not quiet)
+    if rep.ok:
+        click.echo(f"{path}: {rep.n_records} records, all media present")
+        return
+    click.echo(f"{path}: {rep.n_missing_records} of {rep.n_records} records have missing media "
+               f"({len(rep.missing)} paths):", err=True)
+    for m in rep.missing[:SHOW]:
+        click.echo(f"  {m['clip_id']}  {m['field']}  {m['path']}", err=True)
+    if len(rep.missing) > SHOW:
+        click.echo(f"  ... and {len(rep.missing) - SHOW} more", err=True)
+    raise ManifestError(f"{rep.n_missing_records} of {rep.n_records} records have missing media files",
+                        path=path, hint="restore the files, or rescan the tree with `avfuse manifest`")
+
+
+@click.group("trials", context_settings={"help_option_names": ["-h", "--help"]})
+def trials_group() -> None:
+    """Inspect VoxCeleb-format trial lists ('label enrol test' or unlabeled 'enrol test', .txt or .txt.gz)."""
+
+
+@trials_group.command("info")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def trials_info(file: str, as_json: bool) -> None:
+    """Counts of a trial list.
+
+    \b
+    n_trials      lines (trials)
+    n_target      label-1 trials     (null for an unlabeled list)
+    n_nontarget   label-0 trials     (null for an unlabeled list)
+    n_utterances  distinct clip ids on either side (extensions stripped)
+    n_speakers    distinct speaker ids (the part before the first '/')
+    """
+    from data_manifests.trials import read_trials
+
+    info = read_trials(file).summary()
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    info["format"] = "labeled (label enrol test)" if info.pop("labeled") else "unlabeled (enrol test)"
+    for k in ("path", "format", "n_trials", "n_target", "n_nontarget", "n_utterances", "n_speakers"):
+        v = info[k]
+        click.echo(f"{k:<13} {'NA' if v is None else v}")

@@ -1,0 +1,65 @@
+"""Click options shared by several commands: the training recipe flags and ``--option``/``--config`` parsing."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+# ---------------------------------------------------------------------- train
+def _parse_options(items: tuple[str, ...]) -> dict:
+    from pipeline.core.errors import ConfigError
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"bad --option {item!r}", hint="use KEY=VALUE, e.g. --option d_model=128")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except ValueError:
+            out[k.strip()] = v
+    return out
+
+
+def train_config(config_path=None, **flags):
+    """A ``TrainConfig`` from an optional JSON file, overridden by the flags that are not None
+    (``avfuse train`` and ``avfuse ablate --train``); validated."""
+    from fusion.trainer import TrainConfig
+    from pipeline.core.config import from_dict
+    from pipeline.core.errors import ConfigError
+
+    cfg = TrainConfig()
+    if config_path:
+        with open(config_path, encoding="utf-8") as f:
+            try:
+                cfg = from_dict(TrainConfig, json.load(f))
+            except ValueError as e:
+                raise ConfigError(f"not valid JSON: {e}", path=config_path) from e
+    for k, v in flags.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    cfg.validate()
+    return cfg
+
+
+def recipe_options(fn):
+    """The training-recipe flags ``avfuse train`` and ``avfuse ablate`` share (all default to
+    None: the --config file's value, else ``TrainConfig``'s)."""
+    options = [
+        click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="TrainConfig JSON; flags given on the command line override it."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs. [default: 30]"),
+        click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Clips per step. [default: 256]"),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Peak AdamW LR. [default: 2e-3]"),
+        click.option("--mask-prob", type=click.FloatRange(0, 1, max_open=True), default=None,
+                     help="P(a sample loses its audio or its face) per step (never both). [default: 0.3]"),
+        click.option("--seed", type=int, default=None, help="Seed (same seed, same head). [default: 0]"),
+        click.option("--split", default=None, help="Cache split to train on. [default: train]"),
+        click.option("--device", default=None, help="auto, cpu, cuda[:N]. [default: auto]"),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn

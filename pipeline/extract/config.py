@@ -1,0 +1,80 @@
+"""``ExtractConfig``: every option of a stage-1 run, recorded with its fingerprint in the cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.core.errors import ConfigError
+
+DTYPES = ("float16", "float32")
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class ExtractConfig:
+    """Everything ``avfuse extract`` needs besides the manifest and the cache path.
+
+    Fields in ``EMBEDDING_FIELDS`` change the stored embeddings and go into the cache's
+    provenance; ``batch_size`` (clips per forward batch; on CUDA faces run ``batch_size *
+    frames`` images per batch, on CPU at most 8), ``num_workers`` (decode processes or
+    threads) and ``device`` do not; ``precision`` does, through ``compute_precision()``.
+    """
+
+    audio_backbone: str | None = None
+    audio_weights: str | None = None      # checkpoint path, "random", or "pretrained" (resolved)
+    face_backbone: str | None = None
+    face_weights: str | None = None
+    segments: int = 8
+    frames: int = 8
+    dtype: str = "float16"
+    shard_size: int = 256
+    min_segment_seconds: float = 0.5
+    seed: int = 0
+    precision: str = "auto"               # auto: bf16 autocast on CUDA, fp32 on CPU
+    batch_size: int = 8
+    num_workers: int = 2
+    device: str = "cpu"
+
+    EMBEDDING_FIELDS = ("segments", "frames", "dtype", "shard_size", "min_segment_seconds", "seed")
+
+    def validate(self) -> "ExtractConfig":
+        """Check values; raises ``ConfigError`` with a hint. Returns self."""
+        if not self.audio_backbone and not self.face_backbone:
+            raise ConfigError("no backbone chosen", hint="give --audio-backbone and/or --face-backbone")
+        for mod in ("audio", "face"):
+            name, w = getattr(self, f"{mod}_backbone"), getattr(self, f"{mod}_weights")
+            if name and not w:
+                raise ConfigError(f"--{mod}-backbone {name} needs --{mod}-weights",
+                                  hint="give a checkpoint path, or the word 'random' for a seeded "
+                                       "random init (there are no silent default weights)")
+            if w and not name:
+                raise ConfigError(f"--{mod}-weights given without --{mod}-backbone")
+        for key in ("segments", "frames", "shard_size", "batch_size"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{key} must be a positive integer, got {v!r}")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not self.min_segment_seconds > 0:
+            raise ConfigError(f"min_segment_seconds must be > 0, got {self.min_segment_seconds!r}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        return self
+
+    def compute_precision(self) -> str:
+        """The precision actually used: ``precision`` with ``auto`` resolved by device."""
+        if self.precision != "auto":
+            return self.precision
+        return "bf16" if self.device.startswith("cuda") else "fp32"
+
+    def embedding_config(self) -> dict:
+        """The provenance ``config`` block: fields that change what is stored."""
+        d = {k: getattr(self, k) for k in self.EMBEDDING_FIELDS}
+        d["compute_precision"] = self.compute_precision()
+        return d

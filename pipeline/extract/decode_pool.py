@@ -1,0 +1,149 @@
+"""Decode clips for extraction: one clip to arrays (``decode_clip``), or many through a worker pool (``iter_decoded``)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from pipeline.extract.config import ExtractConfig
+from pipeline.extract.models import Models
+
+
+# ----------------------------------------------------------------------------- decoding
+@dataclass
+class DecodedClip:
+    """One clip's decoded inputs (``None`` = missing or failed) and its failure records."""
+    clip_id: str
+    audio: np.ndarray | None = None           # float32 (T,) at the audio backbone's rate
+    faces: np.ndarray | None = None           # uint8 (F, 3, crop, crop)
+    face_valid: np.ndarray | None = None      # bool (F,)
+    duration: float = 0.0
+    failures: list[dict] = field(default_factory=list)
+    decode_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """What to decode for each clip (picklable, for worker processes)."""
+    audio_sr: int | None        # None: no audio backbone
+    face_size: int | None       # None: no face backbone
+    frames: int = 8
+
+
+def decode_spec(cfg: ExtractConfig, models: Models | None = None) -> DecodeSpec:
+    from extractors.registry import get_backbone
+    sr = get_backbone(cfg.audio_backbone).spec.sample_rate if cfg.audio_backbone else None
+    size = get_backbone(cfg.face_backbone).spec.crop if cfg.face_backbone else None
+    return DecodeSpec(audio_sr=sr, face_size=size, frames=cfg.frames)
+
+
+def _failure(clip_id: str, stage: str, modality: str, err: BaseException | str) -> dict:
+    msg = err if isinstance(err, str) else (str(err) if str(err) else type(err).__name__)
+    if isinstance(err, BaseException) and type(err).__name__ not in ("DecodeError", "BackboneError"):
+        msg = f"{type(err).__name__}: {msg}"
+    return {"clip_id": clip_id, "stage": stage, "modality": modality, "error": msg}
+
+
+def decode_clip(rec, spec: DecodeSpec) -> DecodedClip:
+    """Decode one ``ClipRecord`` (paths already resolved). Never raises for bad media:
+    errors become failure records and the modality is left ``None``."""
+    from extractors.media.decode import load_audio, load_faces
+    t0 = time.perf_counter()
+    out = DecodedClip(clip_id=rec.clip_id)
+    if spec.audio_sr is not None:
+        src = rec.audio_path if rec.audio_path is not None else rec.video_path
+        if src is not None:
+            try:
+                out.audio = load_audio(src, spec.audio_sr)
+                out.duration = len(out.audio) / spec.audio_sr
+            except Exception as e:  # DecodeError, or anything a decoder library throws
+                out.failures.append(_failure(rec.clip_id, "decode", "audio", e))
+    if spec.face_size is not None and rec.has_face_source:
+        try:
+            out.faces, out.face_valid = load_faces(rec.video_path, rec.frames_dir,
+                                                   n_frames=spec.frames, size=spec.face_size)
+        except Exception as e:
+            out.failures.append(_failure(rec.clip_id, "decode", "face", e))
+    if out.audio is None:
+        out.duration = float(rec.duration or 0.0)
+    out.decode_seconds = time.perf_counter() - t0
+    return out
+
+
+def _worker_init(_: int) -> None:
+    import torch
+    torch.set_num_threads(1)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this decode worker when its parent dies (kill -9 of
+    ``avfuse extract`` would otherwise orphan it, blocked flushing into a dead queue)."""
+    import ctypes
+    import signal
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux/glibc: nothing to do
+        return
+    if os.getppid() == 1:  # the parent is already gone
+        os._exit(0)
+
+
+class _DecodeDataset:
+    """Map-style dataset for torch's DataLoader: item i = decode of ``records[i]``."""
+
+    def __init__(self, records: Sequence, spec: DecodeSpec):
+        self.records, self.spec = records, spec
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> DecodedClip:
+        return decode_clip(self.records[i], self.spec)
+
+
+def _identity(x):
+    return x
+
+
+def iter_decoded(records: Sequence, spec: DecodeSpec, *, num_workers: int = 0,
+                 backend: str = "process", prefetch: int = 64) -> Iterator[DecodedClip]:
+    """Decoded clips in the order of ``records``, decoded ahead of the consumer.
+
+    ``num_workers=0``: inline. ``backend="process"``: a torch DataLoader with
+    ``num_workers`` processes (1 torch thread each); ``"thread"``: a thread pool (for
+    daemonic processes such as Dask workers, which may not fork). At most ``prefetch``
+    clips are decoded ahead.
+    """
+    if num_workers <= 0 or len(records) == 0:
+        for r in records:
+            yield decode_clip(r, spec)
+        return
+    if backend == "process":
+        import torch.utils.data as tud
+        loader = tud.DataLoader(_DecodeDataset(records, spec), batch_size=None, shuffle=False,
+                                num_workers=num_workers, collate_fn=_identity, worker_init_fn=_worker_init,
+                                prefetch_factor=max(2, prefetch // num_workers), persistent_workers=False)
+        yield from loader
+        return
+    if backend != "thread":
+        raise ValueError(f"unknown decode backend {backend!r}")
+    with cf.ThreadPoolExecutor(num_workers, thread_name_prefix="avfuse-decode") as pool:
+        pending: list[cf.Future] = []
+        it = iter(records)
+        for r in it:
+            pending.append(pool.submit(decode_clip, r, spec))
+            if len(pending) >= prefetch:
+                break
+        while pending:
+            fut = pending.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(decode_clip, nxt, spec))
+            yield fut.result()

@@ -1,0 +1,253 @@
+"""Trial scoring: embed each unique utterance once, then score all trials vectorised.
+
+Modes (enrol x test) and what is compared
+-----------------------------------------
+A score is built from one or more *channels*; a channel is a pair of embedding
+tables (enrol side, test side) compared by a row-wise dot product.
+
+Without a fusion head (backbone embeddings, each L2-normalised, cosine scores):
+
+======  ====================================================================
+AxA     one channel: audio clip embedding (``audio/clip``) vs audio
+VxV     one channel: face clip embedding (``face/clip``, the mean of the
+        valid frames) vs face
+AVxAV   two channels, A and V; the score is the equal-weight mean of the two
+        cosine scores (score averaging)
+AVxA    one channel, A: the enrolment's audio vs the test's audio
+AVxV    one channel, V: the enrolment's face vs the test's face
+======  ====================================================================
+
+Without a head only same-modality comparisons are possible, so AVxA scores the
+same numbers as AxA (and AVxV as VxV): the enrolment's other modality has no
+common space with the test side. A channel is usable for a trial only when the
+modality is present (``has_audio`` / ``has_face``) on both sides. In AVxAV a
+trial whose enrolment or test lacks one modality falls back to the other
+modality's score alone. A trial with no usable channel is *unscorable*.
+
+With a head (``--head``): one channel; the enrolment side is embedded with
+``head.embed(batch, use=enrol_use)`` and the test side with ``use=test_use``,
+where ``(enrol_use, test_use)`` = ``MODES[mode]`` (AVxA: ``("A","V")`` /
+``("A",)``). ``score_kind == "cosine"``: L2-normalise, then dot;
+``"dot"``: raw dot. A side is usable when at least one modality it may use is
+present; otherwise the trial is unscorable.
+
+Scores file
+-----------
+TSV with a header line ``label<TAB>enrol<TAB>test<TAB>score``, one line per
+scored trial in the trial list's order; ``label`` is 1/0 or ``NA`` for unlabeled
+lists; scores are float32 written with 9 significant digits (exact round trip).
+A sidecar ``<scores>.json`` holds the provenance (see ``score_cli``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.core.errors import ScoringError
+from pipeline.core.linalg import l2_normalize
+from pipeline.core.modes import parse_mode
+from pipeline.core.progress import progress_bar
+from pipeline.score.channels import DEFAULT_CHUNK, NO_HEAD_CHANNELS, Channel, score_channels
+from pipeline.score.files import Scores
+from pipeline.score.rows import CACHE_ARRAYS, embed_rows, present_rows, read_rows
+
+
+def _preview(ids: Sequence[str], n: int = 5, width: int = 80) -> str:
+    ids = [i if len(i) <= width else i[:width] + "..." for i in list(ids)[:n]] + list(ids)[n:]
+    more = f" ... (+{len(ids) - n} more)" if len(ids) > n else ""
+    return ", ".join(ids[:n]) + more
+
+
+def check_missing(cache, trials, *, skip_missing: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows per unique utterance (-1 missing), keep mask per trial)``.
+
+    Missing utterances raise ``ScoringError`` with the counts and the first ids, unless
+    ``skip_missing`` (then the trials naming them are dropped).
+    """
+    utts, ei, ti = trials.index()
+    rows = np.asarray(cache.rows(utts, missing="mask"), dtype=np.int64)
+    missing = rows < 0
+    bad = missing[ei] | missing[ti]
+    if bad.any() and not skip_missing:
+        raise ScoringError(
+            f"{int(bad.sum())} of {len(bad)} trials name {int(missing.sum())} utterance(s) missing "
+            f"from the cache {cache.path}: {_preview(utts[missing].tolist())}",
+            path=trials.path,
+            hint="extract those clips into the cache, or pass --skip-missing to score the other trials")
+    return rows, ~bad
+
+
+def build_channels(cache, rows_e: np.ndarray, rows_t: np.ndarray | None, mode: str, *,
+                   head=None, batch_size: int = 4096, progress: bool = False) -> list[Channel]:
+    """Channels over cache rows: ``rows_e`` for the enrol table and ``rows_t`` for the test
+    table (``None``: the test side shares the enrol table)."""
+    enrol_use, test_use = parse_mode(mode)
+    shared = rows_t is None
+    if head is None:
+        channels = []
+        for m in NO_HEAD_CHANNELS[mode]:
+            name, flag = CACHE_ARRAYS[m]
+            if not cache.has(name):
+                raise ScoringError(f"mode {mode} needs {name} embeddings, which this cache lacks",
+                                   path=cache.path, hint="score a mode of the modalities it has")
+            tabs = []
+            for r in ([rows_e] if shared else [rows_e, rows_t]):
+                emb = l2_normalize(read_rows(cache, name, r), inplace=True)  # a fresh table
+                ok = read_rows(cache, flag, r, dtype=bool).astype(bool) if cache.has(flag) \
+                    else np.ones(len(r), dtype=bool)
+                tabs.append((emb, ok))
+            (e, ev), (t, tv) = tabs[0], tabs[-1]
+            channels.append(Channel(m, e, t, ev, tv, kind="cosine"))
+        return channels
+    kind = getattr(head, "score_kind", "cosine")
+    if kind not in ("cosine", "dot"):
+        raise ScoringError(f"head has unknown score_kind {kind!r}")
+    tables = []
+    sides = [(rows_e, enrol_use)] if shared else [(rows_e, enrol_use), (rows_t, test_use)]
+    for r, use in sides:
+        bar = progress_bar(f"embed {''.join(use)}", len(r), progress)
+        emb = embed_rows(cache, r, head, use, batch_size=batch_size,
+                         progress=bar.update if bar else None)
+        if bar:
+            bar.close()
+        if kind == "cosine":
+            emb = l2_normalize(emb)
+        tables.append((emb, present_rows(cache, r, use)))
+    (e, ev), (t, tv) = tables[0], tables[-1]
+    return [Channel("head", e, t, ev, tv, kind=kind)]
+
+
+def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | None = None,
+                     norm: str = "none", cohort: str | None = None, top_k: int = 300, skip_missing: bool = False,
+                     force: bool = False, chunk: int = DEFAULT_CHUNK, batch_size: int = 4096,
+                     progress: bool = False) -> Scores:
+    """Score ``trials`` (a ``TrialList``) from ``cache`` in ``mode`` (see the module docstring).
+
+    Each utterance is read / embedded once per side table (once in total when both
+    sides use the same modalities), then trials are scored with ``score_channels``.
+    ``norm`` is ``none``, ``snorm`` or ``asnorm`` with ``cohort`` a
+    ``pipeline.score.norm.resolve_cohort`` spec. Missing utterances and unscorable trials
+    raise ``ScoringError`` unless ``skip_missing``. ``head_meta`` (from ``load_head``):
+    a head trained on a cache with another fingerprint raises ``HeadError`` unless
+    ``force``. ``Scores.info`` has the counts and phase timings.
+    """
+    from pipeline.score import norm as normmod
+
+    enrol_use, test_use = parse_mode(mode)
+    if head is not None and head_meta is not None:
+        from fusion.checkpoint import check_provenance
+        check_provenance(head_meta, cache, force=force)
+    if norm not in normmod.NORMS:
+        raise ScoringError(f"unknown normalisation {norm!r}", hint=f"use one of {', '.join(normmod.NORMS)}")
+    if norm != "none" and not cohort:
+        raise ScoringError(f"--norm {norm} needs a cohort", hint="e.g. --cohort train (a split of this cache)")
+    times = {"read_or_embed": 0.0, "cohort": 0.0, "norm_stats": 0.0, "score": 0.0}
+    t0 = time.perf_counter()
+    rows, keep = check_missing(cache, trials, skip_missing=skip_missing)
+    utts, ei, ti = trials.index()
+    n_missing = int((~keep).sum())
+    ei_k, ti_k = ei[keep], ti[keep]
+    shared = head is None or enrol_use == test_use
+    if shared:
+        used, (e_loc, t_loc) = _compact(len(utts), ei_k, ti_k)
+        rows_e, rows_t = rows[used], None
+    else:
+        used_e, (e_loc,) = _compact(len(utts), ei_k)
+        used_t, (t_loc,) = _compact(len(utts), ti_k)
+        rows_e, rows_t = rows[used_e], rows[used_t]
+    channels = build_channels(cache, rows_e, rows_t, mode, head=head, batch_size=batch_size,
+                              progress=progress)
+    times["read_or_embed"] = time.perf_counter() - t0
+    norm_info: dict = {"method": norm}
+    if norm != "none":
+        src = normmod.resolve_cohort(cohort, cache)
+        if src.cache is not cache:
+            check_cohort_cache(src.cache, cache, force=force)
+        k = top_k if norm == "asnorm" else None
+        for ch in channels:
+            t0 = time.perf_counter()
+            bar = progress_bar(f"cohort {ch.name}", len(src.rows), progress)
+            cb = bar.update if bar else None
+            if head is None:
+                ce, speakers = normmod.cohort_from_cache(src, ch.name, progress=cb)
+                ct = ce
+            else:
+                ce, speakers = normmod.cohort_from_head(src, head, enrol_use, batch_size=batch_size, progress=cb)
+                ct = ce if enrol_use == test_use else \
+                    normmod.cohort_from_head(src, head, test_use, batch_size=batch_size, progress=cb)[0]
+            if bar:
+                bar.close()
+            t1 = time.perf_counter()
+            times["cohort"] += t1 - t0
+            n_stats = len(ch.enrol) + (0 if ch.test is ch.enrol else len(ch.test))
+            bar = progress_bar(f"{norm} {ch.name}", n_stats, progress)
+            normmod.normalize_channel(ch, ce, ct, k, progress=bar.update if bar else None)
+            if bar:
+                bar.close()
+            times["norm_stats"] += time.perf_counter() - t1
+            norm_info.setdefault("cohort_speakers", {})[ch.name] = int(len(speakers))
+        norm_info.update(cohort=cohort, cohort_cache=str(src.cache.path), cohort_clips=int(len(src.rows)),
+                         cohort_cache_fingerprint=src.cache.fingerprint, cohort_split=src.split,
+                         top_k=k)
+    t0 = time.perf_counter()
+    bar = progress_bar(f"score {mode}", len(e_loc) * len(channels), progress)
+    scores, scorable = score_channels(channels, e_loc, t_loc, chunk=chunk,
+                                      progress=bar.update if bar else None)
+    if bar:
+        bar.close()
+    times["score"] = time.perf_counter() - t0
+    n_unscorable = int((~scorable).sum())
+    if n_unscorable and not skip_missing:
+        bad = np.flatnonzero(~scorable)[:5]
+        pairs = [f"{utts[ei_k[i]]} {utts[ti_k[i]]}" for i in bad]
+        raise ScoringError(
+            f"{n_unscorable} of {len(scorable)} trials cannot be scored in mode {mode}: a side lacks "
+            f"every modality the mode compares (has_audio/has_face False), e.g. {'; '.join(pairs)}",
+            path=trials.path, hint="pass --skip-missing to score the other trials, or use another mode")
+    if n_missing == 0 and n_unscorable == 0:      # the common case: no copies
+        idx = np.arange(len(ei))
+        out = Scores(labels=np.asarray(trials.labels), enrol=trials.enrol, test=trials.test, scores=scores)
+    else:
+        idx = np.flatnonzero(keep)[scorable]
+        out = Scores(labels=np.asarray(trials.labels)[idx], enrol=np.asarray(trials.enrol)[idx],
+                     test=np.asarray(trials.test)[idx], scores=scores[scorable])
+    out.info = {
+        "mode": mode, "norm": norm_info, "channels": [c.name for c in channels],
+        "score_kind": channels[0].kind, "timings_s": {k: round(v, 3) for k, v in times.items()},
+        "counts": {"n_trials_in_list": int(len(ei)), "n_scored": int(len(idx)),
+                   "n_skipped_missing": n_missing, "n_skipped_unscorable": n_unscorable,
+                   "n_skipped": n_missing + n_unscorable,
+                   "n_utterances_missing": int((rows < 0).sum()),
+                   "n_embedded": int(len(rows_e) + (0 if rows_t is None else len(rows_t))),
+                   "n_target": int((out.labels == 1).sum()), "n_nontarget": int((out.labels == 0).sum())},
+    }
+    return out
+
+
+def _compact(n: int, *idx: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(used, remapped)``: the sorted distinct values of the index arrays (all in
+    ``[0, n)``) and each array re-indexed into ``used``. O(n + len(idx)), no sort."""
+    mask = np.zeros(n, dtype=bool)
+    for a in idx:
+        mask[a] = True
+    if mask.all():  # the common case (every utterance used): nothing to remap
+        return np.arange(n), [np.asarray(a, dtype=np.int64) for a in idx]
+    used = np.flatnonzero(mask)
+    loc = np.cumsum(mask, dtype=np.int64) - 1
+    return used, [loc[a] for a in idx]
+
+
+def check_cohort_cache(cohort_cache, cache, *, force: bool = False) -> None:
+    """A cohort from another cache must come from the same backbones (else ``ScoringError``
+    unless ``force``): its embeddings must live in the same space."""
+    if force:
+        return
+    a, b = cohort_cache.provenance or {}, cache.provenance or {}
+    diffs = [k for k in ("audio_backbone", "face_backbone") if a.get(k) != b.get(k)]
+    if diffs:
+        raise ScoringError(f"cohort cache {cohort_cache.path} was extracted with other backbones "
+                           f"({', '.join(diffs)} differ) than {cache.path}",
+                           hint="use a cohort extracted with the same backbones, or --force")
