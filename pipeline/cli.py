@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "extract": ("pipeline.extract_cli", "extract_cmd", "Stage 1: run frozen backbones over a manifest into an embedding cache."),
     "cache": ("pipeline.cache_cli", "cache_group", "Inspect, verify or export an embedding cache."),
     "heads": ("fusion.cli", "heads_cmd", "List the fusion heads with their size and compute cost."),
+    "export-head": ("fusion.export_cli", "export_head_cmd", "Export a trained fusion head to ONNX (dynamic batch)."),
     "train": ("fusion.cli", "train_cmd", "Stage 2: train a fusion head on the cached embeddings."),
     "score": ("pipeline.score_cli", "score_cmd", "Score a trial list from the cache in any modality mode."),
     "evaluate": ("pipeline.score_cli", "evaluate_cmd", "EER and minDCF of a scores file, with an optional DET plot."),
