@@ -56,6 +56,10 @@ class Source:
     valid: np.ndarray | None = None
     files: list[dict] = field(default_factory=list)    # {"path", "sha256"} of every file read
 
+    def where(self, i: int) -> Path:
+        """The file holding row ``i`` (for error messages)."""
+        return self.path / f"{self.raw_ids[i]}.npy" if self.format == "npy-folder" else self.path
+
     @property
     def modality(self) -> str:
         return "audio" if ROLES[self.role][0] == "A" else "face"
@@ -102,8 +106,8 @@ def check_ids(src: Source) -> None:
     bad = bad_id_forms(src.ids)
     if bad.any():
         i = int(np.argmax(bad))
-        raise CacheError(f"id {src.raw_ids[i]!r} matches no trial-list form ({int(bad.sum())} such ids)",
-                         path=src.path, hint="ids must read speaker/video/utterance (id10270/5r0dWxy17C8/00001"
+        raise CacheError(f"id {str(src.raw_ids[i])!r} matches no trial-list form ({int(bad.sum())} such ids)",
+                         path=src.where(i), hint="ids must read speaker/video/utterance (id10270/5r0dWxy17C8/00001"
                                              ", with or without .wav) or the Kaldi id10270-5r0dWxy17C8-00001")
 
 
@@ -121,8 +125,8 @@ def find_duplicates(sources: list[Source]) -> None:
         a, b = order[dup[0]], order[dup[0] + 1]
         sa, sb = sources[owner[a]], sources[owner[b]]
         where = "" if sa is sb else f" and in {sb.path}"
-        raise CacheError(f"duplicate id {srt[dup[0]]} ({sa.raw_ids[local[a]]!r} and {sb.raw_ids[local[b]]!r}"
-                         f"{where}; {len(dup)} duplicates in all)", path=sa.path,
+        raise CacheError(f"duplicate id {srt[dup[0]]} ({str(sa.raw_ids[local[a]])!r} and {str(sb.raw_ids[local[b]])!r}"
+                         f"{where}; {len(dup)} duplicates in all)", path=sa.where(local[a]),
                          hint="each utterance may appear once per modality (ids are compared after "
                               "normalisation: .wav, slash and Kaldi forms are one id)")
 
@@ -134,7 +138,7 @@ def check_finite(src: Source) -> None:
         ok = np.isfinite(part).all(axis=1)
         if not ok.all():
             i = a + int(np.argmax(~ok))
-            raise CacheError(f"id {src.raw_ids[i]} has NaN/Inf values", path=src.path,
+            raise CacheError(f"id {src.raw_ids[i]} has NaN/Inf values", path=src.where(i),
                              hint="drop or recompute that embedding before importing")
 
 
@@ -187,6 +191,7 @@ def _from_arrays(path: Path, role: str, fmt: str, keys: list[str], arrays: list[
                  files: list[dict]) -> Source:
     """Rows given one array per utterance (kaldiio / npy): shape checks, stacking."""
     seq = ROLES[role][1] == 2
+    at = (lambda k: path / f"{k}.npy") if fmt == "npy-folder" else (lambda k: path)
     if not arrays:
         raise CacheError("no embeddings in this source", path=path)
     shaped = []
@@ -198,12 +203,12 @@ def _from_arrays(path: Path, role: str, fmt: str, keys: list[str], arrays: list[
             a = a[0]
         if a.ndim != (2 if seq else 1) or a.dtype.kind not in "fiu":
             raise CacheError(f"id {k}: expected a {'(S, D) matrix' if seq else '(D,) vector'} of floats, got shape "
-                             f"{a.shape} {a.dtype}", path=path)
+                             f"{a.shape} {a.dtype}", path=at(k))
         shaped.append(a)
     d0 = shaped[0].shape[-1]
     for k, a in zip(keys, shaped):
         if a.shape[-1] != d0:
-            raise _dim_error(path, k, a.shape, ("S", d0) if seq else (d0,))
+            raise _dim_error(at(k), k, a.shape, ("S", d0) if seq else (d0,))
     raw = np.array(keys, dtype=str)
     if seq:
         s_max = max(a.shape[0] for a in shaped)
