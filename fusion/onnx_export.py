@@ -112,6 +112,13 @@ def _with_metadata(data: bytes, head, meta: dict) -> bytes:
     except ImportError:
         return data
     model = onnx.load_from_string(data)
+    want = SEQ_INPUTS if getattr(head, "needs_sequences", False) else CLIP_INPUTS
+    lost = [k for k in want if k not in {i.name for i in model.graph.input}]
+    if lost:  # the tracer dropped inputs the output does not depend on: embed left the torch graph
+        raise HeadError(f"head '{getattr(head, 'name', '?')}' cannot be exported to ONNX (the traced output "
+                        f"does not depend on {', '.join(lost)}: its embed leaves the torch graph, e.g. "
+                        f"through numpy or Python numbers)",
+                        hint="a custom head must compute embed with torch operations only")
     props = {"avfuse_head": getattr(head, "name", "?"), "score_kind": getattr(head, "score_kind", "cosine"),
              "head_config": json.dumps(getattr(head, "config", {}), sort_keys=True),
              "cache_fingerprint": str(meta.get("cache_fingerprint", "")),
