@@ -98,7 +98,7 @@ def _merge(sources: list[Source]) -> Source | None:
     """One source from several of one role (same dimension; no id twice)."""
     if not sources:
         return None
-    find_duplicates(sources)
+    sorted_ids = find_duplicates(sources)
     first = sources[0]
     for s in sources[1:]:
         if s.data.shape[-1] != first.data.shape[-1]:
@@ -106,6 +106,7 @@ def _merge(sources: list[Source]) -> Source | None:
                              f"{first.path} has {first.data.shape[-1]}-d", path=s.path,
                              hint="all embeddings of one modality must come from one backbone")
     if len(sources) == 1:
+        first.sorted_ids = sorted_ids
         return first
     if first.valid is not None:
         s_max = max(s.data.shape[1] for s in sources)
@@ -116,6 +117,7 @@ def _merge(sources: list[Source]) -> Source | None:
     merged = Source(first.path, first.role, first.format, np.concatenate([s.ids for s in sources]),
                     np.concatenate([s.raw_ids for s in sources]), data, valid, [])
     merged.parts = sources  # for provenance and error messages
+    merged.sorted_ids = sorted_ids
     return merged
 
 
@@ -225,7 +227,8 @@ def import_cache(out: str | Path, *, audio: Sequence[str] = (), face: Sequence[s
             (("audio", audio), ("face", face), ("audio_segments", audio_segments), ("face_frames", face_frames))}
     mods = {"audio": _modality("audio", read["audio"], read["audio_segments"]),
             "face": _modality("face", read["face"], read["face_frames"])}
-    ids = np.unique(np.concatenate([s.ids for m in mods.values() if m for s in (m.clip, m.seq) if s is not None]))
+    parts = [s.sorted_ids for m in mods.values() if m for s in (m.clip, m.seq) if s is not None]
+    ids = parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))   # sorted, unique
     for m in mods.values():
         if m is None:
             continue

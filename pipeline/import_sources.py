@@ -66,7 +66,7 @@ class Source:
 
     def provenance(self) -> dict:
         return {"path": str(self.path), "role": self.role, "format": self.format, "rows": int(len(self.ids)),
-                "shape": [int(x) for x in self.data.shape[1:]], "files": self.files}
+                "shape": [int(x) for x in self.data.shape[1:]], "files": _resolved(self.files)}
 
 
 # ----------------------------------------------------------------- ids
@@ -111,11 +111,12 @@ def check_ids(src: Source) -> None:
                                              ", with or without .wav) or the Kaldi id10270-5r0dWxy17C8-00001")
 
 
-def find_duplicates(sources: list[Source]) -> None:
-    """``CacheError`` for the first id (after normalisation) found twice in ``sources``."""
+def find_duplicates(sources: list[Source]) -> np.ndarray:
+    """The sorted ids of ``sources``; ``CacheError`` for the first id (after normalisation)
+    found twice."""
     ids = np.concatenate([s.ids for s in sources])
     if len(ids) < 2:
-        return
+        return ids
     owner = np.concatenate([np.full(len(s.ids), i) for i, s in enumerate(sources)])
     local = np.concatenate([np.arange(len(s.ids)) for s in sources])
     order = np.argsort(ids, kind="stable")
@@ -129,6 +130,7 @@ def find_duplicates(sources: list[Source]) -> None:
                          f"{where}; {len(dup)} duplicates in all)", path=sa.where(local[a]),
                          hint="each utterance may appear once per modality (ids are compared after "
                               "normalisation: .wav, slash and Kaldi forms are one id)")
+    return srt
 
 
 def check_finite(src: Source) -> None:
@@ -149,9 +151,23 @@ def _dim_error(path, rid, got, want) -> CacheError:
 
 
 # ----------------------------------------------------------------- readers
-def sha256_of(path: Path) -> str:
+_POOL = None
+
+
+def sha256_of(path: Path):
+    """A future of the file's sha256 (hashed in a thread, overlapping the parsing; hashlib
+    releases the GIL); ``Source.provenance`` resolves it."""
+    global _POOL
+    from concurrent.futures import ThreadPoolExecutor
+
     from pipeline.config import sha256_file
-    return sha256_file(path)
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(2, thread_name_prefix="avfuse-sha256")
+    return _POOL.submit(sha256_file, path)
+
+
+def _resolved(files: list[dict]) -> list[dict]:
+    return [{k: (v.result() if hasattr(v, "result") else v) for k, v in f.items()} for f in files]
 
 
 def _from_records(path: Path, role: str, fmt: str, rec, files: list[dict]) -> Source:
@@ -241,12 +257,12 @@ def _read_kaldiio(path: Path, role: str, kind: str, files: list[dict]) -> Source
 def read_kaldi(path: Path, role: str) -> Source:
     from pipeline.kaldi_ark import Unsupported, records_from_scp, scan_ark
     kind = "scp" if path.suffix.lower() == ".scp" else "ark"
+    own = [{"path": str(path), "sha256": sha256_of(path)}]
     try:
         rec = records_from_scp(path) if kind == "scp" else scan_ark(path)
     except Unsupported:
-        files = [{"path": str(path), "sha256": sha256_of(path)}]
-        return _read_kaldiio(path, role, kind, files)
-    files = [{"path": str(path), "sha256": sha256_of(path)}] if kind == "scp" else []
+        return _read_kaldiio(path, role, kind, own)
+    files = own if kind == "scp" else []
     files += [{"path": str(a), "sha256": sha256_of(a)} for a in rec.arks]
     return _from_records(path, role, f"kaldi-{kind}", rec, files)
 

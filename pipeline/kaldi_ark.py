@@ -127,7 +127,10 @@ def _headers(mm: np.ndarray, off: np.ndarray, keys: np.ndarray, ark: Path):
 def records_from_scp(scp: Path) -> ArkRecords:
     """Locate every record of a plain binary scp (``Unsupported`` -> use kaldiio)."""
     keys, paths, offs = parse_scp(scp)
-    uniq, inv = np.unique(paths, return_inverse=True)
+    if len(paths) and (paths == paths[0]).all():       # the usual case: one ark (no 1M-string unique)
+        uniq, inv = paths[:1], np.zeros(len(paths), np.int64)
+    else:
+        uniq, inv = np.unique(paths, return_inverse=True)
     arks = [_resolve_ark(str(p), scp) for p in uniq]
     n = len(keys)
     rows, cols, data_off = (np.zeros(n, np.int64) for _ in range(3))
