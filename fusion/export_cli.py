@@ -12,9 +12,9 @@ import click
 @click.option("--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="ONNX model to write (atomically).")
 @click.option("--opset", type=click.IntRange(min=13), default=17, show_default=True, help="ONNX opset version.")
-@click.option("--check/--no-check", default=True, show_default=True,
+@click.option("--check/--no-check", default=None,
               help="Run the model with onnxruntime on a random batch (with missing modalities) and compare "
-                   "with PyTorch; fail if they differ by more than 1e-4.")
+                   "with PyTorch; fail if they differ by more than 1e-4. [default: when onnxruntime is installed]")
 def export_head_cmd(run: Path, onnx_path: Path, opset: int, check: bool) -> None:
     """Export the fusion head in RUN.pt (written by `avfuse train`) to ONNX.
 
@@ -32,6 +32,11 @@ def export_head_cmd(run: Path, onnx_path: Path, opset: int, check: bool) -> None
     from fusion.onnx_export import check_onnx, export_onnx
     from fusion.registry import load_head
     from pipeline.errors import HeadError
+    if check is None:
+        import importlib.util
+        check = importlib.util.find_spec("onnxruntime") is not None
+        if not check:
+            click.echo("note: onnxruntime is not installed; the model is not checked against PyTorch", err=True)
     head, meta = load_head(run)
     data = export_onnx(head, None, meta=meta, opset=opset)
     if check:

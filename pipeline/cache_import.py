@@ -84,6 +84,8 @@ class Modality:
     name: str
     clip: Source | None = None
     seq: Source | None = None
+    clip_row: np.ndarray | None = None    # per cache row: row of ``clip`` (-1: none)
+    seq_row: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -114,11 +116,9 @@ def _merge(sources: list[Source]) -> Source | None:
         valid = np.concatenate([np.pad(s.valid, ((0, 0), (0, s_max - s.valid.shape[1]))) for s in sources])
     else:
         data, valid = np.concatenate([s.data for s in sources]), None
-    merged = Source(first.path, first.role, first.format, np.concatenate([s.ids for s in sources]),
-                    np.concatenate([s.raw_ids for s in sources]), data, valid, [])
-    merged.parts = sources  # for provenance and error messages
-    merged.sorted_ids = sorted_ids
-    return merged
+    return Source(first.path, first.role, first.format, np.concatenate([s.ids for s in sources]),
+                  np.concatenate([s.raw_ids for s in sources]), data, valid, [], parts=sources,
+                  sorted_ids=sorted_ids)
 
 
 def _modality(name: str, clips: list[Source], seqs: list[Source]) -> Modality | None:
@@ -135,7 +135,7 @@ def _modality(name: str, clips: list[Source], seqs: list[Source]) -> Modality | 
 def _provenance(m: Modality | None) -> dict | None:
     if m is None:
         return None
-    srcs = [p for s in (m.clip, m.seq) if s is not None for p in getattr(s, "parts", [s])]
+    srcs = [p for s in (m.clip, m.seq) if s is not None for p in (s.parts or [s])]
     return {"name": "imported", "embedding_dim": m.dim, "weights": "imported",
             "sources": [s.provenance() for s in srcs]}
 
@@ -194,6 +194,15 @@ def _temp_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.importing-{os.getpid()}-{uuid.uuid4().hex[:8]}{out.suffix}")
 
 
+def _sweep_dead_imports(out: Path) -> None:
+    """Remove ``.NAME.importing-PID-*`` left by imports killed on this host (pid gone)."""
+    from pipeline.cache_base import pid_alive
+    for tmp in out.parent.glob(f".{out.name}.importing-*"):
+        pid = tmp.name.split(".importing-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)) and not tmp.name.endswith((".failures.jsonl", ".lock")):
+            _remove_temp(tmp)
+
+
 def _remove_temp(tmp: Path) -> None:
     for p in (tmp, tmp.with_name(tmp.name + ".parts")):
         if p.is_dir():
@@ -247,6 +256,7 @@ def import_cache(out: str | Path, *, audio: Sequence[str] = (), face: Sequence[s
                   "audio_backbone": _provenance(a_mod), "face_backbone": _provenance(f_mod),
                   "config": {"import": to_dict(cfg), "manifest": str(manifest) if manifest else None}}
     t_read = time.perf_counter() - t0
+    _sweep_dead_imports(out)
     tmp = _temp_path(out)
     try:
         w = create_cache(tmp, ids=ids, speakers=speakers, splits=splits, layout=layout, provenance=provenance)

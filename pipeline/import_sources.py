@@ -55,6 +55,8 @@ class Source:
     data: np.ndarray
     valid: np.ndarray | None = None
     files: list[dict] = field(default_factory=list)    # {"path", "sha256"} of every file read
+    parts: list["Source"] | None = None                  # the sources merged into this one
+    sorted_ids: np.ndarray | None = None                 # ids sorted (set by the duplicate check)
 
     def where(self, i: int) -> Path:
         """The file holding row ``i`` (for error messages)."""

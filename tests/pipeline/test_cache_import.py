@@ -216,6 +216,15 @@ def test_export_kaldi_round_trip(imported, tmp_path):
     assert b.ids.tolist() == c.ids.tolist()
     for name in ("audio/clip", "face/clip", "has_audio", "has_face"):
         np.testing.assert_array_equal(b.to_numpy(name), c.to_numpy(name))
+    # today's npz export imports back too (has_audio / has_face pick the rows)
+    r = CliRunner().invoke(cli, ["cache", "export", str(imported), "--out", str(tmp_path / "e.npz"), "-q"])
+    assert r.exit_code == 0, r.output
+    npz = tmp_path / "e.npz"
+    import_cache(tmp_path / "npz.zarr", audio=[npz], face=[npz], face_frames=[f"{npz}:face/frames"], cfg=F32,
+                 progress=False)
+    z = open_cache(tmp_path / "npz.zarr")
+    for name in ("audio/clip", "face/clip", "face/frames", "face/frame_valid", "has_audio", "has_face"):
+        np.testing.assert_array_equal(z.to_numpy(name), c.to_numpy(name))
 
 
 # ------------------------------------------------------------------ bad input
@@ -317,3 +326,14 @@ def test_existing_output_refused_then_overwritten(tmp_path):
     c = open_cache(tmp_path / "c.zarr")
     assert c.n_rows == 18 and not c.has("audio/clip")
     assert json.loads(json.dumps(c.provenance))["audio_backbone"] is None
+
+
+def test_temp_of_a_killed_import_is_swept(tmp_path):
+    import subprocess
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".c.zarr.importing-{dead.pid}-deadbeef.zarr"
+    (stale / "audio").mkdir(parents=True)
+    a = write_source("npz", tmp_path / "a", A_ROWS, AUDIO)
+    import_cache(tmp_path / "c.zarr", audio=[a], cfg=F32, progress=False)
+    assert not stale.exists() and open_cache(tmp_path / "c.zarr").n_rows == 18
