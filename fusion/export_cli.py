@@ -23,11 +23,15 @@ def export_head_cmd(run: Path, onnx_path: Path, opset: int, check: bool) -> None
 
     The model computes the head's embed with a dynamic batch axis (and dynamic step axes
     for the attention heads). Inputs, float32 / bool:
+
+    \b
     clip heads      audio_clip (B,Da) face_clip (B,Dv) has_audio (B,) has_face (B,)
     sequence heads  audio_seq (B,S,Da) audio_seq_valid (B,S) face_seq (B,F,Dv)
                     face_seq_valid (B,F) has_audio (B,) has_face (B,)
-    Output: embedding (B,D). Score with cosine (or a raw dot product for score_avg; the
-    model's metadata has score_kind). Pass has_face all False for an audio-only side.
+    output          embedding (B,D)
+
+    Score with cosine (or a raw dot product for score_avg; the model's metadata has
+    score_kind). Pass has_face all False for an audio-only side (AVxA's test side).
     """
     from fusion.onnx_export import check_onnx, export_onnx
     from fusion.registry import load_head

@@ -5,8 +5,8 @@ Import (``import_cache``): every source is read and checked first
 (``pipeline.import_sources``: dimensions, NaN/Inf, id forms, truncated arks), then per
 modality (duplicate ids across its sources, one dimension). Rows are the sorted union of
 all ids, ``has_audio``/``has_face`` True where that modality has the row. Speakers are
-the ids' first component; splits come from ``--manifest`` (its rows' ``split``, and
-``duration``) and are ``split`` for ids it lacks. Array fill rules (the cache layout of
+the ids' first component (VoxCeleb ids: ``idNNNNN``); splits come from ``--manifest`` (its
+rows' ``split``, and ``duration``) and are ``split`` for ids it lacks (durations too; 0 when unknown). Array fill rules (the cache layout of
 docs/DESIGN.md):
 
 * without a sequence source a modality has S = 1 (F = 1) step: the clip vector, valid;
@@ -141,7 +141,8 @@ def _provenance(m: Modality | None) -> dict | None:
 
 
 def _manifest_rows(manifest: Path | None, ids: np.ndarray, split: str):
-    """``(speakers, splits, durations, manifest fingerprint)`` of the sorted ``ids``."""
+    """``(speakers, splits, durations, manifest fingerprint)`` of the sorted ``ids``; the
+    manifest's rows are found by one binary search over its sorted ids."""
     speakers = np.strings.partition(ids, "/")[0]
     splits = np.full(len(ids), split, dtype=object)
     durations = np.zeros(len(ids), np.float32)
@@ -157,9 +158,7 @@ def _manifest_rows(manifest: Path | None, ids: np.ndarray, split: str):
     rec_idx = order[pos[hit]]
     splits[hit] = [records[i].split or split for i in rec_idx.tolist()]
     durations[hit] = [records[i].duration or 0.0 for i in rec_idx.tolist()]
-    spk = speakers.astype(object)
-    spk[hit] = [records[i].speaker for i in rec_idx.tolist()]
-    return spk.astype(str), splits.astype(str), durations, manifest_fingerprint(records)
+    return speakers, splits.astype(str), durations, manifest_fingerprint(records)
 
 
 def _fill(m: Modality, ids: np.ndarray, a: int, b: int, out: dict, cache_steps: int) -> None:
