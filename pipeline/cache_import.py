@@ -6,8 +6,8 @@ Import (``import_cache``): every source is read and checked first
 modality (duplicate ids across its sources, one dimension). Rows are the sorted union of
 all ids, ``has_audio``/``has_face`` True where that modality has the row. Speakers are
 the ids' first component (VoxCeleb ids: ``idNNNNN``); splits come from ``--manifest`` (its
-rows' ``split``, and ``duration``) and are ``split`` for ids it lacks (durations too; 0 when unknown). Array fill rules (the cache layout of
-docs/DESIGN.md):
+rows' ``split``, and ``duration``) and are ``split`` for ids it lacks (duration 0: unknown).
+Array fill rules (the cache layout of docs/DESIGN.md):
 
 * without a sequence source a modality has S = 1 (F = 1) step: the clip vector, valid;
 * with one, rows it lacks get the clip vector as their one valid step, and rows without
