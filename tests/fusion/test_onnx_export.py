@@ -12,7 +12,7 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from fusion.batch import EmbeddingBatch  # noqa: E402
-from fusion.onnx_export import CLIP_INPUTS, SEQ_INPUTS, EmbedModule, example_inputs, export_onnx  # noqa: E402
+from fusion.onnx_export import CLIP_INPUTS, SEQ_INPUTS, example_inputs, export_onnx  # noqa: E402
 from fusion.registry import list_heads, save_head  # noqa: E402
 from pipeline.cli import cli  # noqa: E402
 from pipeline.errors import HeadError  # noqa: E402

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from data_manifests.manifest import ClipRecord, write_manifest
 from data_manifests.trials import normalize_id, read_trials, write_trials
 from pipeline.cache import open_cache
-from pipeline.cache_import import ImportConfig, export_kaldi, import_cache
+from pipeline.cache_import import ImportConfig, import_cache
 from pipeline.cli import cli
 from pipeline.errors import CacheError
 from pipeline.import_sources import normalize_ids, read_source
@@ -337,3 +337,13 @@ def test_temp_of_a_killed_import_is_swept(tmp_path):
     a = write_source("npz", tmp_path / "a", A_ROWS, AUDIO)
     import_cache(tmp_path / "c.zarr", audio=[a], cfg=F32, progress=False)
     assert not stale.exists() and open_cache(tmp_path / "c.zarr").n_rows == 18
+
+
+def test_import_config_round_trips_and_checks():
+    from pipeline.config import fingerprint, from_dict, to_dict
+    from pipeline.errors import ConfigError
+    cfg = ImportConfig(split="dev", dtype="float32", shard_size=99)
+    assert from_dict(ImportConfig, json.loads(json.dumps(to_dict(cfg)))) == cfg
+    assert fingerprint(cfg) != fingerprint(ImportConfig())
+    with pytest.raises(ConfigError, match="--dtype"):
+        import_cache("x.zarr", audio=["a.npz"], cfg=ImportConfig(dtype="int8"), progress=False)
