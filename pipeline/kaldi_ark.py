@@ -9,7 +9,8 @@ float32 / float64 vector, ``\\x04 int32 dim``) or ``FM `` / ``DM `` (a matrix,
 ``read_scp_fast`` parses the scp as one byte string and reads every record's header
 and data with numpy gathers from the memory-mapped arks (no Python loop per record);
 ``scan_ark`` walks an ark without scp (a small loop per record over the headers only,
-then the same gathers). Anything else Kaldi can hold (compressed ``CM`` matrices,
+then the same gathers). Equally spaced records (keys of one length, as VoxCeleb ids) are
+copied as one strided view. Anything else Kaldi can hold (compressed ``CM`` matrices,
 text arks, pipes, ``[range]`` specifiers) returns None / ``Unsupported`` so the caller
 falls back to ``kaldiio``, the general reader. ``write_ark_scp`` is the vectorised
 writer (records built in one uint8 buffer per chunk of rows).
@@ -205,6 +206,8 @@ def gather(rec: ArkRecords, sel: np.ndarray, n_values: int, out: np.ndarray) -> 
         for wide in (False, True):
             item = 8 if wide else 4
             part = on_ark & (rec.wide[sel] == wide)
+            if _strided(mm, rec.data_off[sel[part]], np.flatnonzero(part), n_values, item, out):
+                continue
             for r in range(item):
                 pick = np.flatnonzero(part & (rec.data_off[sel] % item == r))
                 if not len(pick):
@@ -215,6 +218,26 @@ def gather(rec: ArkRecords, sel: np.ndarray, n_values: int, out: np.ndarray) -> 
                 for a in range(0, len(pick), GATHER_ROWS):
                     idx = start[a:a + GATHER_ROWS, None] + cols
                     out[pick[a:a + GATHER_ROWS], :n_values] = flat[idx]
+
+
+def _strided(mm: np.ndarray, offs: np.ndarray, dst: np.ndarray, n_values: int, item: int,
+             out: np.ndarray) -> bool:
+    """Records at equally spaced offsets (keys of one length, one shape: e.g. VoxCeleb ids) are
+    one strided view of the ark: copied in chunks without index arrays. False if not so."""
+    if len(offs) < 2:
+        return False
+    step = np.diff(offs)
+    if not (step == step[0]).all() or step[0] < n_values * item:
+        return False
+    width = n_values * item
+    dt = "<f8" if item == 8 else "<f4"
+    for a in range(0, len(offs), GATHER_ROWS):
+        b = min(a + GATHER_ROWS, len(offs))
+        start = int(offs[a])
+        view = np.lib.stride_tricks.as_strided(mm[start:], shape=(b - a, width), strides=(int(step[0]), 1),
+                                               writeable=False)
+        out[dst[a:b], :n_values] = np.ascontiguousarray(view).view(dt)
+    return True
 
 
 # ------------------------------------------------------------------ writing

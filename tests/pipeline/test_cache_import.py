@@ -112,6 +112,11 @@ def test_fast_reader_equals_kaldiio_and_falls_back(tmp_path):
     assert src.format == "kaldi-scp"
     ref = kaldiio.load_scp(str(tmp_path / "m.scp"))
     np.testing.assert_array_equal(src.data, np.stack([ref[k] for k in src.raw_ids]).astype(np.float32))
+    # keys of one length (VoxCeleb ids): equally spaced records, read as one strided view
+    x = rng.standard_normal((len(IDS), 5)).astype(np.float32)
+    write_ark_scp(tmp_path / "s.ark", tmp_path / "s.scp", IDS, x)
+    ref = kaldiio.load_scp(str(tmp_path / "s.scp"))
+    np.testing.assert_array_equal(read_source(tmp_path / "s.scp", "audio").data, np.stack([ref[k] for k in IDS]))
     with kaldiio.WriteHelper(f"ark,scp:{tmp_path / 'c.ark'},{tmp_path / 'c.scp'}", compression_method=2) as w:
         for k, v in d.items():
             w(k, v.astype(np.float32)[None])                   # compressed matrices: kaldiio reads them
