@@ -161,7 +161,7 @@ def _manifest_rows(manifest: Path | None, ids: np.ndarray, split: str):
     return speakers, splits.astype(str), durations, manifest_fingerprint(records)
 
 
-def _fill(m: Modality, ids: np.ndarray, a: int, b: int, out: dict, cache_steps: int) -> None:
+def _fill(m: Modality, a: int, b: int, out: dict, cache_steps: int) -> None:
     """The shard rows ``[a, b)`` of modality ``m`` into ``out`` (vectorised gathers)."""
     names = MODALITY_ARRAYS[m.name]
     n = b - a
@@ -173,6 +173,7 @@ def _fill(m: Modality, ids: np.ndarray, a: int, b: int, out: dict, cache_steps: 
     if m.seq is not None:
         j = m.seq_row[a:b]
         has_seq = j >= 0
+        has_seq[has_seq] = m.seq.valid[j[has_seq]].any(1)   # no valid step: no sequence
         steps[has_seq, :m.seq.data.shape[1]] = m.seq.data[j[has_seq]]
         valid[has_seq, :m.seq.valid.shape[1]] = m.seq.valid[j[has_seq]]
     if m.clip is not None:
@@ -187,6 +188,14 @@ def _fill(m: Modality, ids: np.ndarray, a: int, b: int, out: dict, cache_steps: 
         w = valid[only_seq].astype(np.float32)
         clip[only_seq] = (steps[only_seq] * w[..., None]).sum(1) / np.maximum(w.sum(1), 1)[:, None]
     out[names[0]], out[names[1]], out[names[2]], out[names[3]] = clip, steps, valid, has_clip | has_seq
+
+
+def _present(m: Modality) -> np.ndarray:
+    """Bool per cache row: the modality has a clip vector or a sequence with a valid step."""
+    seq = m.seq_row >= 0
+    if m.seq is not None:
+        seq[seq] = m.seq.valid[m.seq_row[seq]].any(1)
+    return (m.clip_row >= 0) | seq
 
 
 def _temp_path(out: Path) -> Path:
@@ -266,7 +275,7 @@ def import_cache(out: str | Path, *, audio: Sequence[str] = (), face: Sequence[s
                 arrays: dict[str, np.ndarray] = {"duration": durations[s]}
                 for name, m in mods.items():
                     if m is not None:
-                        _fill(m, ids, s.start, s.stop, arrays, layout.segments if name == "audio" else layout.frames)
+                        _fill(m, s.start, s.stop, arrays, layout.segments if name == "audio" else layout.frames)
                     else:
                         arrays[f"has_{name}"] = np.zeros(s.stop - s.start, bool)
                 w.write_shard(k, arrays)
@@ -282,8 +291,7 @@ def import_cache(out: str | Path, *, audio: Sequence[str] = (), face: Sequence[s
             os.replace(fail, out.with_name(out.name + ".failures.jsonl"))
     finally:
         _remove_temp(tmp)
-    has_a = np.zeros(len(ids), bool) if a_mod is None else (a_mod.clip_row >= 0) | (a_mod.seq_row >= 0)
-    has_f = np.zeros(len(ids), bool) if f_mod is None else (f_mod.clip_row >= 0) | (f_mod.seq_row >= 0)
+    has_a, has_f = (np.zeros(len(ids), bool) if m is None else _present(m) for m in (a_mod, f_mod))
     u, c = np.unique(splits, return_counts=True)
     return ImportSummary(cache=str(out), rows=len(ids), audio_rows=int(has_a.sum()), face_rows=int(has_f.sum()),
                          both_rows=int((has_a & has_f).sum()), splits=dict(zip(u.tolist(), c.tolist())),

@@ -136,6 +136,7 @@ def find_duplicates(sources: list[Source]) -> np.ndarray:
 
 
 def check_finite(src: Source) -> None:
+    """NaN/Inf anywhere, or an all-zero clip vector (all-zero sequence steps are padding)."""
     n = len(src.data)
     for a in range(0, n, CHUNK):
         part = src.data[a:a + CHUNK].reshape(min(CHUNK, n - a), -1)
@@ -144,6 +145,12 @@ def check_finite(src: Source) -> None:
             i = a + int(np.argmax(~ok))
             raise CacheError(f"id {src.raw_ids[i]} has NaN/Inf values", path=src.where(i),
                              hint="drop or recompute that embedding before importing")
+        if src.valid is None:
+            zero = ~part.any(axis=1)
+            if zero.any():
+                i = a + int(np.argmax(zero))
+                raise CacheError(f"id {src.raw_ids[i]} is an all-zero vector (no direction to score)",
+                                 path=src.where(i), hint="drop or recompute that embedding before importing")
 
 
 def _dim_error(path, rid, got, want) -> CacheError:

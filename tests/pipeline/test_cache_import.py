@@ -126,16 +126,18 @@ def test_fast_reader_equals_kaldiio_and_falls_back(tmp_path):
 
 def test_sequences_pad_and_derive_clip(tmp_path):
     rng = np.random.default_rng(4)
-    seqs = rng.standard_normal((6, 3, 12)).astype(np.float32)
-    n = np.array([3, 2, 1, 3, 3, 2])
-    write_ark_scp(tmp_path / "s.ark", tmp_path / "s.scp", [IDS[i] for i in range(6)], seqs, n)
+    seqs = rng.standard_normal((7, 3, 12)).astype(np.float32)
+    seqs[6] = 0                                                         # only padding: no audio
+    n = np.array([3, 2, 1, 3, 3, 2, 3])
+    write_ark_scp(tmp_path / "s.ark", tmp_path / "s.scp", [IDS[i] for i in range(7)], seqs, n)
     a = write_source("npz", tmp_path / "a", [0, 1, 2, 20], AUDIO)       # 3..5 only as sequences
     import_cache(tmp_path / "c.zarr", audio=[a], audio_segments=[tmp_path / "s.scp"], cfg=F32, progress=False)
     c = open_cache(tmp_path / "c.zarr")
     rows = c.rows([IDS[i] for i in (0, 1, 2, 3, 4, 5, 20)])
-    assert c.n_rows == 7 and c.layout.segments == 3
+    assert c.n_rows == 8 and c.layout.segments == 3 and c.verify() == []
+    assert c.to_numpy("has_audio").sum() == 7 and not c.to_numpy("has_audio", c.rows(IDS[6]))[0]
     valid = c.to_numpy("audio/segment_valid", rows)
-    assert valid[:6].sum(1).tolist() == n.tolist() and valid[6].tolist() == [True, False, False]
+    assert valid[:6].sum(1).tolist() == n[:6].tolist() and valid[6].tolist() == [True, False, False]
     clip = c.to_numpy("audio/clip", rows)
     np.testing.assert_array_equal(clip[:3], AUDIO[:3])                  # given clips are kept
     np.testing.assert_allclose(clip[4], seqs[4].mean(0), rtol=1e-6)     # derived: mean of valid steps
@@ -266,6 +268,12 @@ def _inf_ark(d: Path):
     return ["--audio", str(d / "e.scp")], "e.scp", f"id {IDS[1]} has NaN/Inf"
 
 
+def _zero_npy(d: Path):
+    src = write_source("npy", d, [0, 1, 2], AUDIO)
+    np.save(src / (IDS[2] + ".npy"), np.zeros(12, np.float32))
+    return ["--audio", str(src)], IDS[2] + ".npy", "all-zero vector"
+
+
 def _duplicate_forms(d: Path):
     write_ark_scp(d / "e.ark", d / "e.scp", [IDS[0] + ".wav", IDS[1], IDS[0].replace("/", "-")], AUDIO[:3])
     return ["--audio", str(d / "e.scp")], "e.scp", f"duplicate id {IDS[0]}"
@@ -299,7 +307,7 @@ def _missing_ark(d: Path):
     return ["--audio", str(d / "e.scp")], "e.scp", f"id {IDS[0]}: its ark"
 
 
-BAD = [_npy_bad_dim, _ark_bad_dim, _two_sources_bad_dim, _nan_npz, _inf_ark, _duplicate_forms,
+BAD = [_npy_bad_dim, _ark_bad_dim, _two_sources_bad_dim, _nan_npz, _inf_ark, _zero_npy, _duplicate_forms,
        _duplicate_across, _bad_id, _truncated_scp, _truncated_ark, _missing_ark]
 
 
