@@ -20,6 +20,7 @@ from pipeline.cache.layout import rows_fingerprint
 from pipeline.cache.lock import CacheLock, lock_path
 from pipeline.core.config import fingerprint
 from pipeline.core.errors import CacheError
+from pipeline.core.progress import progress as progress_
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.cache.reader import EmbeddingCache
@@ -101,7 +102,7 @@ def check_shard(cache: "EmbeddingCache", k: int) -> tuple[list[str], list[str]]:
 def _progress(it, progress: bool, desc: str):
     if not progress:
         return it
-    return progress(it, desc=desc, unit="shard")
+    return progress_(it, desc=desc, unit="shard")
 
 
 def damaged_shards(cache: "EmbeddingCache", progress: bool = False) -> list[int]:

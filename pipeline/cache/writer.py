@@ -188,7 +188,7 @@ def create_cache(path: str | Path, *, ids, speakers, splits, layout: CacheLayout
             _check_same(path, header, rows)
             return CacheWriter(path)
         CacheLock(lock_path(path)).check_not_held()
-        _remove_existing(path, cls)
+        remove_existing(path, cls)
     _remove_stale_temps(path)
     arrays = np.asarray(rows["ids"]), np.asarray(rows["speakers"]), np.asarray(rows["splits"])
     created = cls.create(path, header, dict(zip(("ids", "speakers", "splits"), arrays)),
@@ -238,7 +238,7 @@ def _rows_diff(old: EmbeddingCache, rows: dict) -> str:
     return "row metadata differs"
 
 
-def _remove_existing(path: Path, cls: type[CacheBackend]) -> None:
+def remove_existing(path: Path, cls: type[CacheBackend]) -> None:
     """Remove an existing cache (only if it is one; never an arbitrary folder)."""
     try:
         old = EmbeddingCache(path)

@@ -19,6 +19,8 @@ import sys
 
 import click
 
+from pipeline.core.progress import progress as progress_
+
 AUDIO_SECONDS = 10.0
 
 
@@ -58,7 +60,7 @@ def backbone_rows(modality: str | None = None, macs: bool = False, progress: boo
     entries = list_backbones(modality)
     it = entries
     if progress:
-        it = progress(entries, desc="backbones", unit="model")
+        it = progress_(entries, desc="backbones", unit="model")
     for entry in it:
         torch.manual_seed(0)
         module = entry.build(**entry.build_kwargs)

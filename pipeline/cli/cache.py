@@ -14,7 +14,9 @@ import numpy as np
 
 from pipeline.cache.reader import EmbeddingCache, open_cache
 from pipeline.cache.writer import open_writer
+from pipeline.cli.cache_import import import_cmd
 from pipeline.core.errors import CacheError
+from pipeline.core.progress import progress as progress_
 
 
 def _size(n: int) -> str:
@@ -39,7 +41,7 @@ def export_npz(cache: EmbeddingCache, out: str | Path, *, allow_incomplete: bool
                          hint="finish it with `avfuse extract`, or pass --allow-incomplete")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    bar = progress(total=len(cache.names) * cache.n_shards, desc="exporting", unit="chunk", enabled=progress,
+    bar = progress_(total=len(cache.names) * cache.n_shards, desc="exporting", unit="chunk", enabled=progress,
                    leave=True)
     try:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
@@ -80,7 +82,8 @@ def cache_group() -> None:
     \b
     avfuse cache info C.zarr [--json]     rows, shards, arrays, sizes, provenance, failures
     avfuse cache verify C.zarr            NaN/Inf, zero norms, damage; exit 1 on any problem
-    avfuse cache export C.zarr --out emb.npz
+    avfuse cache export C.zarr --out emb.npz       (or --format kaldi --out DIR)
+    avfuse cache import --out C.zarr --audio xvector.scp --face faces.npz
     """
 
 
@@ -156,14 +159,28 @@ def verify_cmd(cache: Path, invalidate_damaged: bool, quiet: bool) -> None:
 
 @cache_group.command("export")
 @click.argument("cache", type=click.Path(path_type=Path))
-@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Output .npz (keys: ids, speakers, splits and each array name, e.g. 'audio/clip').")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+              help="Output .npz (keys: ids, speakers, splits and each array name, e.g. 'audio/clip'); "
+                   "with --format kaldi a folder.")
+@click.option("--format", "fmt", type=click.Choice(["npz", "kaldi"]), default="npz", show_default=True,
+              help="kaldi: OUT/audio_clip.ark+.scp, audio_segments, face_clip, face_frames (float32, rows "
+                   "that have the modality, keys as in the trial lists: id10270/5r0dWxy17C8/00001.wav).")
 @click.option("--allow-incomplete", is_flag=True,
               help="Export a cache with shards not done: their rows are zero, and a 'done' array marks them.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def export_cmd(cache: Path, out: Path, allow_incomplete: bool, quiet: bool) -> None:
+def export_cmd(cache: Path, out: Path, fmt: str, allow_incomplete: bool, quiet: bool) -> None:
     """Export CACHE to one .npz for other tools: ids, speakers, splits (str) and every
-    array (embeddings as float32, flags as bool), read shard by shard and checksum-checked."""
+    array (embeddings as float32, flags as bool), read shard by shard and checksum-checked;
+    or (--format kaldi) to Kaldi ark + scp per array, as WeSpeaker / 3D-Speaker / Kaldi read them."""
     c = open_cache(cache)
+    if fmt == "kaldi":
+        from pipeline.cache.importer import export_kaldi
+        files = export_kaldi(c, out, allow_incomplete=allow_incomplete, progress=not quiet)
+        click.echo(f"wrote {len(files)} files to {out}: {', '.join(f.name for f in files)}")
+        return
     path = export_npz(c, out, allow_incomplete=allow_incomplete, progress=not quiet)
     click.echo(f"wrote {path} ({c.n_rows} rows, {len(c.names)} arrays, {_size(path.stat().st_size)})")
+
+
+
+cache_group.add_command(import_cmd)

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "extract": ("pipeline.cli.extract", "extract_cmd", "Stage 1: run frozen backbones over a manifest into an embedding cache."),
     "cache": ("pipeline.cli.cache", "cache_group", "Inspect, verify or export an embedding cache."),
     "heads": ("pipeline.cli.train", "heads_cmd", "List the fusion heads with their size and compute cost."),
+    "export-head": ("pipeline.cli.export_head", "export_head_cmd", "Export a trained fusion head to ONNX (dynamic batch)."),
     "train": ("pipeline.cli.train", "train_cmd", "Stage 2: train a fusion head on the cached embeddings."),
     "score": ("pipeline.cli.score", "score_cmd", "Score a trial list from the cache in any modality mode."),
     "evaluate": ("pipeline.cli.score", "evaluate_cmd", "EER and minDCF of a scores file, with an optional DET plot."),
