@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "manifest": ("data_manifests.cli", "manifest_cmd", "Scan a VoxCeleb1/2 tree into a JSONL clip manifest."),
     "trials": ("data_manifests.cli", "trials_group", "Inspect VoxCeleb-format trial lists."),
     "backbones": ("extractors.cli", "backbones_cmd", "List the audio and face backbones and their input specs."),
+    "preflight": ("pipeline.preflight_cli", "preflight_cmd", "Decode a manifest as extract would: failures, CPU per clip, projected time."),
     "extract": ("pipeline.extract_cli", "extract_cmd", "Stage 1: run frozen backbones over a manifest into an embedding cache."),
     "cache": ("pipeline.cache_cli", "cache_group", "Inspect, verify or export an embedding cache."),
     "heads": ("fusion.cli", "heads_cmd", "List the fusion heads with their size and compute cost."),
