@@ -26,8 +26,9 @@ Two paths give the ``F`` frames of ``extractors.decode_common.frame_indices``:
   (``skip_loop_filter``; ~10 % less CPU, the error drifts along the P-frame chain) and a
   one-step swscale yuv -> RGB + resize (``fast_resize``; ~2 ms less per clip, up to ~100
   levels apart from PIL's antialiased bilinear on textured frames). Anything unexpected (no
-  time stamps, duplicate time stamps, a wanted frame the decoder did not return) falls back
-  to the exact path.
+  time stamps, duplicate time stamps, fewer packets than the container declares, as in a
+  truncated faststart file, a wanted frame the decoder did not return) falls back to the
+  exact path, which then decodes or fails as it always did.
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ def _fast_frames(container, stream, n_frames: int, size: int, skip_nonref: bool,
         return None
     pts = [p.pts for p in packets]
     if any(t is None for t in pts) or len(set(pts)) != len(pts):
+        return None
+    if stream.frames and len(packets) != stream.frames:  # e.g. a truncated faststart file
         return None
     pts = np.asarray(pts, dtype=np.int64)
     order = np.argsort(pts, kind="stable")        # display position -> decode position

@@ -63,3 +63,19 @@ def test_a_resize_that_moves_pixels_is_not_the_default(clips):
     fe, _ = faces_from_video(clips[2], 8, 112, exact=True)
     fs, _ = faces_from_video(clips[2], 8, 112, fast_resize=True)
     assert np.abs(fe.astype(int) - fs.astype(int)).max() > 0
+
+
+def test_truncated_faststart_video_fails_on_both_paths(tmp_path):
+    """Index first, cut at 50 %: the packets before the cut demux fine, but the file is
+    truncated; the fast path must not accept the part it can decode (regression)."""
+    from pipeline.errors import DecodeError
+    from tests.reliability.badmedia import write_mp4
+    rng = np.random.default_rng(0)
+    data = write_mp4(tmp_path / "fs.mp4", rng.integers(0, 255, (60, 48, 48, 3), dtype=np.uint8),
+                     faststart=True).read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    for exact in (True, False):
+        with pytest.raises(DecodeError, match="video decoding failed") as e:
+            load_faces(cut, exact=exact)
+        assert e.value.path == str(cut)
