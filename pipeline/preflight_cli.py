@@ -20,7 +20,7 @@ import click
 @click.option("--sample-rate", type=click.IntRange(min=1), default=16000, show_default=True,
               help="Audio rate the audio backbone eats (all registered audio backbones: 16000).")
 @click.option("--face-size", type=click.IntRange(min=1), default=112, show_default=True,
-              help="Face crop the face backbone eats (IResNet: 112; see `avfuse backbones`).")
+              help="Face crop the face backbone eats (iresnet*: 112, resnet18/50: 224; see `avfuse backbones`).")
 @click.option("--frames", type=click.IntRange(min=1), default=8, show_default=True,
               help="F evenly spaced face frames per clip (as extract --frames).")
 @click.option("--no-audio", is_flag=True, help="Decode the faces only.")
@@ -34,8 +34,8 @@ def preflight_cmd(manifest, sample, seed, workers, cores, sample_rate, face_size
 
     \b
     Reports the clips that will fail (with the message extract's failures log will hold),
-    the decode CPU time per clip (audio and video, process CPU time: a busy machine does
-    not inflate it much), and the projected decode time of the whole manifest on this
+    the decode CPU time per clip (audio and video, in process CPU time, which a busy
+    machine stretches much less than wall time), and the projected decode time of the whole manifest on this
     machine and on --cores cores (clips x CPU-ms per clip / cores; decode only).
     Exit 0 when every clip decodes, 1 when some fail, 2 on a bad manifest or option.
 
