@@ -35,8 +35,9 @@ def preflight_cmd(manifest, sample, seed, workers, cores, sample_rate, face_size
     \b
     Reports the clips that will fail (with the message extract's failures log will hold),
     the decode CPU time per clip (audio and video, in process CPU time, which a busy
-    machine stretches much less than wall time), and the projected decode time of the whole manifest on this
-    machine and on --cores cores (clips x CPU-ms per clip / cores; decode only).
+    machine stretches much less than wall time), and the projected decode time of the
+    whole manifest on this machine and on --cores cores (clips x CPU-ms per clip / cores;
+    decode only).
     Exit 0 when every clip decodes, 1 when some fail, 2 on a bad manifest or option.
 
     \b
