@@ -10,7 +10,7 @@ import pytest
 from benchmarks.voxceleb_media import generate
 from data_manifests.manifest import read_manifest
 from extractors.decode import load_faces
-from extractors.decode_video import _is_reference, _nal_length_size, faces_from_video
+from extractors.decode_video import _fast_frames, _is_reference, _nal_length_size, faces_from_video
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,15 @@ def test_fast_path_gives_the_exact_frames(clips, size):
         assert fe.shape == ff.shape == (8, 3, size, size)
         assert np.array_equal(ve, vf) and np.array_equal(fe, ff), p
     assert not load_faces(clips[0], n_frames=8, size=size)[1].all()  # 5 frames: repeats flagged
+
+
+def test_fast_path_is_taken_on_this_media(clips):
+    """No silent fall-back to the exact path on well-formed VoxCeleb-format files."""
+    import av
+    for p in clips:
+        with av.open(p) as c:
+            res = _fast_frames(c, c.streams.video[0], 8, 112, True, False, False)
+        assert res is not None and res[0].shape == (8, 3, 112, 112), p
 
 
 def test_fast_path_without_skipping_is_the_same_too(clips):
