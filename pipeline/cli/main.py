@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "manifest": ("pipeline.cli.manifest", "manifest_cmd", "Scan a VoxCeleb1/2 tree into a JSONL clip manifest."),
     "trials": ("pipeline.cli.manifest", "trials_group", "Inspect VoxCeleb-format trial lists."),
     "backbones": ("pipeline.cli.backbones", "backbones_cmd", "List the audio and face backbones and their input specs."),
+    "preflight": ("pipeline.cli.preflight", "preflight_cmd", "Decode a manifest as extract would: failures, CPU per clip, projected time."),
     "extract": ("pipeline.cli.extract", "extract_cmd", "Stage 1: run frozen backbones over a manifest into an embedding cache."),
     "cache": ("pipeline.cli.cache", "cache_group", "Inspect, verify or export an embedding cache."),
     "heads": ("pipeline.cli.train", "heads_cmd", "List the fusion heads with their size and compute cost."),
