@@ -305,7 +305,7 @@ def test_cli_scan_and_check_reports_missing_media(tmp_path, vox1_tree):
     (tree / "frames/id10300/ize_eiCFEg0/00004").rmdir()    # --check would flag an empty frame folder
     out = tmp_path / "vox1.jsonl"
     r = CliRunner().invoke(manifest_cmd, ["--root", str(tree), "--layout", "vox1", "--out", str(out), "-q",
-                                          "--split", "test"])
+                                          "--split", "test", "--probe"])
     assert r.exit_code == 0, r.output
     assert "5 clips" in r.output and "unreadable" in r.output and "00004.wav" in r.output
     r = CliRunner().invoke(manifest_cmd, ["--check", str(out), "-q"])
