@@ -34,10 +34,8 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
@@ -49,7 +47,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.gpu_check_report import markdown, projections  # noqa: E402
+from benchmarks.gpu_check_report import Busy, markdown, projections  # noqa: E402
 from benchmarks.train_speed import VOX2_CLIPS, VOX2_IDS  # noqa: E402
 
 # quantiles of the 1,092,009 VoxCeleb2-dev durations (seconds) at these levels (tests check them)
@@ -132,44 +130,6 @@ def voxceleb_media(root: Path, pool: int, clips: int, cap: float, procs: int) ->
 
 
 # ----------------------------------------------------------------------------- helpers
-class Busy:
-    """Mean GPU utilisation (share of time a kernel ran) while the block runs; None without CUDA."""
-
-    def __init__(self, cuda: bool):
-        self.cuda, self.samples, self.stop = cuda, [], threading.Event()
-
-    def _read(self) -> float | None:
-        import torch
-        try:
-            return float(torch.cuda.utilization())
-        except Exception:  # no pynvml: ask nvidia-smi
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                  "-i", "0"], capture_output=True, text=True, timeout=5).stdout
-            return float(out.split()[0]) if out.strip() else None
-
-    def _loop(self) -> None:
-        while not self.stop.wait(0.2):
-            try:
-                v = self._read()
-            except Exception:
-                return
-            if v is not None:
-                self.samples.append(v)
-
-    def __enter__(self):
-        if self.cuda:
-            self.thread = threading.Thread(target=self._loop, daemon=True)
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-
-    @property
-    def share(self) -> float | None:
-        return round(float(np.mean(self.samples)) / 100, 3) if self.samples else None
-
-
 def cfg_for(s: Sizes, device: str, **kw):
     from pipeline.extract import ExtractConfig
     return ExtractConfig(audio_backbone=s.audio, audio_weights="random", face_backbone=s.face, face_weights="random",
@@ -343,6 +303,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dry", action="store_true", help="tiny sizes on the CPU (the default without CUDA)")
     ap.add_argument("--out", type=Path, default=REPO / "bench_out" / "gpu_check")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip")
+    ap.add_argument("--budget", type=float, default=450.0,
+                    help="seconds; a section not started by then is skipped (the files are rewritten after "
+                         "every section, so a run stopped from outside keeps what it measured)")
     args = ap.parse_args(argv)
     import torch
     cuda = torch.cuda.is_available() and not args.dry
@@ -354,37 +317,45 @@ def main(argv=None) -> int:
     res = {"mode": "gpu" if cuda else "dry", "sizes": asdict(s), "seconds": {},
            "machine": {"cpu_cores": cores, "gpu": torch.cuda.get_device_name(0) if cuda else None,
                        "torch": torch.__version__, "python": platform.python_version()}}
+    args.out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
+
+    def write() -> str:
+        res["projections"] = projections(res)
+        res["seconds"]["total"] = round(time.perf_counter() - t_all, 2)
+        (args.out / "gpu_check.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+        md = markdown(res)
+        (args.out / "gpu_check.md").write_text(md)
+        return md
+
+    def run(name, fn) -> None:
+        if name in args.skip.split(",") or time.perf_counter() - t_all > args.budget:
+            res[name] = {"skipped": "--skip" if name in args.skip.split(",") else f"--budget {args.budget:.0f} s"}
+            return
+        print(f"gpu_check: {name} ({time.perf_counter() - t_all:.0f} s) ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            res[name] = fn()
+        except Exception as e:  # recorded; the other sections still run
+            traceback.print_exc()
+            res[name] = {"error": f"{type(e).__name__}: {e}"}
+        res["seconds"][name] = round(time.perf_counter() - t0, 2)
+        write()
+
+    def media() -> dict:
+        from data_manifests.scan import scan_to_manifest
+        out = voxceleb_media(work / "media", s.pool, s.clips, s.max_seconds, min(16, cores))
+        scan_to_manifest(ctx.manifest, work / "media", "vox2", probe=False, progress=False)   # no probes
+        return out
+
     try:
-        def run(name, fn):
-            if name in args.skip.split(","):
-                res[name] = {"skipped": "--skip"}
-                return
-            print(f"gpu_check: {name} ...", file=sys.stderr, flush=True)
-            t0 = time.perf_counter()
-            try:
-                res[name] = fn()
-            except Exception as e:  # recorded; the other sections still run
-                traceback.print_exc()
-                res[name] = {"error": f"{type(e).__name__}: {e}"}
-            res["seconds"][name] = round(time.perf_counter() - t0, 2)
-        def media():
-            from data_manifests.scan import scan_to_manifest
-            out = voxceleb_media(work / "media", s.pool, s.clips, s.max_seconds, min(16, cores))
-            scan_to_manifest(ctx.manifest, work / "media", "vox2", probe=False, progress=False)   # no probes
-            return out
         run("media", media)
         for name, fn in (("decode", sec_decode), ("extract", sec_extract), ("gpu_bound", sec_gpu_bound),
                          ("dask", sec_dask), ("fusion", sec_fusion), ("scoring", sec_scoring)):
             run(name, lambda fn=fn: fn(ctx))
-        res["projections"] = projections(res)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    res["seconds"]["total"] = round(time.perf_counter() - t_all, 2)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
-    (args.out / "gpu_check.md").write_text(markdown(res))
-    print(markdown(res))
+    print(write())
     print(f"wrote {args.out}/gpu_check.json and gpu_check.md ({res['seconds']['total']:.0f} s)", file=sys.stderr)
     return 1 if any(isinstance(v, dict) and "error" in v for v in res.values()) else 0
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.gpu_check import DURATION_QUANTILES, QUANTILE_LEVELS, durations  # noqa: E402
 from benchmarks.gpu_check_report import KEYS, VOX2_MEAN_S  # noqa: E402
 
-ROWS = ("media", "decode audio + 8 faces", "extract end to end", "backbones only, bf16", "backbones only, fp32",
+ROWS = ("media", "decode audio + faces", "extract end to end", "backbones only, bf16", "backbones only, fp32",
         "bf16 vs fp32 cosine, audio/face min", "VoxCeleb2 dev, decode-bound", "VoxCeleb2 dev, GPU-bound",
         "VoxCeleb2 dev, end to end", "Dask, 1 GPU worker", "fusion epoch mlp", "fusion epoch dca", "Vox1-E scoring")
 
