@@ -185,11 +185,11 @@ def sec_gpu_bound(ctx) -> dict:
     recs = read_manifest(ctx.manifest)[:ctx.s.gpu_clips]
     out = {"clips": len(recs)}
     arrays = {}
+    decoded = list(iter_decoded(recs, decode_spec(cfg_for(ctx.s, ctx.device)), num_workers=ctx.decode_workers,
+                                backend="thread"))     # once: both precisions embed the same inputs
     for prec in ("bf16", "fp32"):
-        cfg = cfg_for(ctx.s, ctx.device, precision=prec)
+        cfg = cfg_for(ctx.s, ctx.device, precision=prec, dtype="float32")    # compare unrounded embeddings
         models = get_models(cfg)
-        decoded = list(iter_decoded(recs, decode_spec(cfg, models), num_workers=ctx.decode_workers,
-                                    backend="thread"))
         embed_shard(decoded[:max(1, len(decoded) // 8)], cfg, models)     # warm-up (kernels, allocator)
         with torch.inference_mode(), Busy(ctx.cuda) as b:
             t0 = time.perf_counter()
