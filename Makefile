@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RESEMBLYZER := resemblyzer==0.1.4
 DEMO_DIR ?= demo_run
 
-.PHONY: help demo test test-quality install install-dev bench clean
+.PHONY: help demo test test-quality install install-dev bench gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ test-quality: install-dev  ## only the fusion quality gates, printing their EER 
 
 bench: install  ## run the CPU benchmarks (see docs/BENCHMARKS.md)
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+gpu-check: install  ## the prepared GPU check (docs/gpu-check.md); without CUDA its dry mode on the CPU
+	$(BIN)/python benchmarks/gpu_check.py --out bench_out/gpu_check
 
 clean:  ## remove the venv and demo outputs
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -16,42 +16,44 @@ names and a different utterance numbering) is not read directly; link its folder
 only one modality is kept, the other modality ``None``; files at another depth or with
 another extension are counted as ignored.
 
-Probing reads container headers only (soundfile for wav/flac, PyAV for m4a/mp4; a frame
-folder is counted), in a thread pool with a tqdm bar:
-
-* ``duration``: seconds of the audio file, else of the mp4's audio track, else of its video;
-* ``sample_rate``: of the audio file, else of the mp4's audio track;
-* ``fps``, ``num_frames``: of the mp4 video stream (frames from the header, else
-  ``round(duration * fps)``), or ``num_frames`` = jpg count of a frame folder (fps None).
-
-A clip with a file that cannot be read keeps its record, with ``duration`` None, and the
+Listing uses ``os.scandir`` (one speaker folder per task, in a thread pool). A record's
+``duration``/``sample_rate``/``fps``/``num_frames`` come from header probes
+(``probe=True``, ``data_manifests.probe``), or ``duration`` from a VoxCeleb durations file
+(``durations``), or stay None and are filled at extraction (``data_manifests.fastscan``).
+A probed clip with a file that cannot be read keeps its record, with ``duration`` None, and the
 file is listed in the ``ScanReport`` (never dropped). Splits: the dev/test folder name, then ``split`` for all
 clips, then each ``split_from`` source in order (later wins) -- see ``read_split_source``.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Iterable, Sequence
 
-from tqdm import tqdm
-
-from data_manifests.manifest import ClipRecord, ManifestWriter, iter_manifest, write_manifest
+# iter_scan, ordered_map, default_workers and the probe functions live in fastscan.py / probe.py;
+# imported here so that ``from data_manifests.voxceleb import ...`` keeps working
+from data_manifests.fastscan import (  # noqa: F401
+    Durations,
+    default_workers,
+    durations_summary,
+    gzip_file,
+    iter_scan,
+    ordered_map,
+    read_durations,
+)
+from data_manifests.manifest import ClipRecord, ManifestWriter, iter_manifest
+from data_manifests.probe import SOUNDFILE_EXTS, count_frames, probe_audio_file, probe_clip, probe_container  # noqa: F401
 from data_manifests.splits import SplitAssigner, read_split_source
 from pipeline.core.config import fingerprint
-from pipeline.core.errors import DecodeError, ManifestError
+from pipeline.core.errors import ManifestError
 from pipeline.core.fsio import atomic_write_json
-
-T = TypeVar("T")
-R = TypeVar("R")
+from pipeline.core.progress import progress as progress_
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,6 @@ LAYOUTS: dict[str, LayoutSpec] = {
     "vox2": LayoutSpec("vox2", audio_dirs=("aac", "wav"), audio_exts=(".m4a", ".wav", ".flac")),
 }
 PART_NAMES = ("dev", "test")
-SOUNDFILE_EXTS = (".wav", ".flac")
 
 
 @dataclass(slots=True)   # slots: a million of these must stay small
@@ -116,6 +117,7 @@ class ScanReport:
     unreadable: list[dict] = field(default_factory=list)   # {"clip_id", "path", "error"}
     split_counts: dict[str, int] = field(default_factory=dict)
     split_sources: list[dict] = field(default_factory=list)
+    durations: dict | None = None     # with a durations file: fastscan.durations_summary
     seconds: float = 0.0
 
     @property
@@ -141,36 +143,6 @@ class ScanReport:
 
 
 # ----------------------------------------------------------------------------- discovery
-
-def default_workers() -> int:
-    """Threads for header reads: I/O-bound, so a few per core (at most 16)."""
-    return max(1, min(16, 4 * (os.cpu_count() or 1)))
-
-
-def ordered_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int, chunk: int = 64) -> Iterator[R]:
-    """``map(fn, items)`` on a thread pool, yielding in input order with a bounded
-    number of chunks in flight (memory stays flat for a million items)."""
-    if workers <= 1 or len(items) <= chunk:
-        for x in items:
-            yield fn(x)
-        return
-
-    def run(lo: int) -> list[R]:
-        return [fn(x) for x in items[lo:lo + chunk]]
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="avfuse-scan") as ex:
-        pending: collections.deque = collections.deque()
-        try:
-            for lo in range(0, len(items), chunk):
-                pending.append(ex.submit(run, lo))
-                if len(pending) >= 4 * workers:
-                    yield from pending.popleft().result()
-            while pending:
-                yield from pending.popleft().result()
-        finally:  # interrupted or closed early: do not probe what nobody will read
-            for f in pending:
-                f.cancel()
-
 
 def find_parts(root: str | Path, spec: LayoutSpec) -> list[tuple[Path, str | None]]:
     """``[(folder holding modality folders, part name or None)]`` under ``root``."""
@@ -255,7 +227,7 @@ def discover(roots: str | Path | Sequence[str | Path], layout: str, *, workers: 
                         parts[spk.path] = part
     clips: dict[str, ClipFiles] = {}
     ignored = 0
-    bar = tqdm(total=len(jobs), desc="list", unit="spk", disable=None if progress else True, leave=False)
+    bar = progress_(total=len(jobs), desc="list", unit="spk", enabled=progress)
     with bar:
         for (fld, args), (found, n_ign) in zip(jobs, ordered_map(_list_speaker, [a for _, a in jobs],
                                                                   workers=workers, chunk=4)):
@@ -281,136 +253,7 @@ def get_layout(layout: str) -> LayoutSpec:
         raise ManifestError(f"unknown layout {layout!r}", hint=f"use one of: {', '.join(LAYOUTS)}") from None
 
 
-# ----------------------------------------------------------------------------- probing
-
-def probe_audio_file(path: str) -> dict:
-    """``{"duration", "sample_rate"}`` from the header of a wav/flac/m4a file."""
-    if os.path.splitext(path)[1].lower() in SOUNDFILE_EXTS:
-        import soundfile as sf
-        try:  # SoundFile(...) reads the header only; 1.5x cheaper than sf.info (no format strings)
-            with sf.SoundFile(path) as f:
-                frames, sr = f.frames, f.samplerate
-        except Exception as e:  # soundfile raises RuntimeError / LibsndfileError
-            raise DecodeError(f"unreadable audio header ({e})", path=path) from None
-        if sr <= 0:
-            raise DecodeError("audio header has no sample rate", path=path)
-        return {"duration": frames / sr, "sample_rate": int(sr)}
-    info = probe_container(path)
-    if info["audio_duration"] is None:
-        raise DecodeError("no audio stream", path=path)
-    return {"duration": info["audio_duration"], "sample_rate": info["sample_rate"]}
-
-
-def probe_container(path: str) -> dict:
-    """Header facts of an m4a/mp4 via PyAV: ``audio_duration``, ``sample_rate``,
-    ``video_duration``, ``fps``, ``num_frames`` (None where the stream is absent)."""
-    import av
-    try:
-        with av.open(path, metadata_errors="ignore") as c:
-            out = {"audio_duration": None, "sample_rate": None, "video_duration": None,
-                   "fps": None, "num_frames": None}
-            cdur = c.duration / 1_000_000 if c.duration else None
-            if c.streams.audio:
-                a = c.streams.audio[0]
-                out["audio_duration"] = _stream_seconds(a) or cdur
-                out["sample_rate"] = int(a.sample_rate) if a.sample_rate else None
-            if c.streams.video:
-                v = c.streams.video[0]
-                out["video_duration"] = _stream_seconds(v) or cdur
-                rate = v.average_rate or v.guessed_rate
-                out["fps"] = float(rate) if rate else None
-                n = int(v.frames or 0)
-                if n <= 0 and out["fps"] and out["video_duration"]:
-                    n = int(round(out["video_duration"] * out["fps"]))
-                out["num_frames"] = n or None
-            return out
-    except DecodeError:
-        raise
-    except Exception as e:  # av.error.FFmpegError, OSError, ...
-        raise DecodeError(f"unreadable container header ({type(e).__name__}: {e})", path=path) from None
-
-
-def _stream_seconds(stream) -> float | None:
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    return None
-
-
-def count_frames(frames_dir: str, exts: tuple[str, ...] = (".jpg", ".jpeg")) -> int:
-    """Number of image files in a frame folder; none is a ``DecodeError``."""
-    try:
-        n = sum(1 for e in os.scandir(frames_dir) if os.path.splitext(e.name)[1].lower() in exts)
-    except OSError as e:
-        raise DecodeError(f"cannot list frame folder ({e.strerror})", path=frames_dir) from None
-    if n == 0:
-        raise DecodeError("frame folder has no .jpg frames", path=frames_dir)
-    return n
-
-
-def probe_clip(cf: ClipFiles) -> tuple[dict, list[dict]]:
-    """Header facts of one clip (see the module docstring) and its unreadable files."""
-    facts = {"duration": None, "sample_rate": None, "fps": None, "num_frames": None}
-    errors: list[dict] = []
-    audio = video = None
-    if cf.audio_path is not None:
-        try:
-            audio = probe_audio_file(cf.audio_path)
-        except DecodeError as e:
-            errors.append({"clip_id": cf.clip_id, "path": cf.audio_path, "error": e.message})
-    if cf.video_path is not None:
-        try:
-            video = probe_container(cf.video_path)
-            if video["video_duration"] is None:
-                raise DecodeError("no video stream", path=cf.video_path)
-        except DecodeError as e:
-            video = None
-            errors.append({"clip_id": cf.clip_id, "path": cf.video_path, "error": e.message})
-    if video is not None:
-        facts.update(fps=video["fps"], num_frames=video["num_frames"], sample_rate=video["sample_rate"],
-                     duration=video["audio_duration"] or video["video_duration"])
-    if cf.frames_dir is not None and video is None:
-        try:
-            facts["num_frames"] = count_frames(cf.frames_dir)
-        except DecodeError as e:
-            errors.append({"clip_id": cf.clip_id, "path": cf.frames_dir, "error": e.message})
-    if audio is not None:
-        facts.update(duration=audio["duration"], sample_rate=audio["sample_rate"])
-    if errors:
-        facts["duration"] = None
-    if facts["duration"] is not None:
-        facts["duration"] = round(facts["duration"], 6)
-    return facts, errors
-
-
 # ----------------------------------------------------------------------------- records
-
-def _rel(path: str | None, base: str | None) -> str | None:
-    return path if path is None or base is None else os.path.relpath(path, base)
-
-
-def iter_scan(files: Sequence[ClipFiles], *, dataset: str, splits: SplitAssigner | None = None,
-              probe: bool = True, workers: int | None = None, relative_to: str | Path | None = None,
-              progress: bool = True) -> Iterator[tuple[ClipRecord, list[dict]]]:
-    """``(record, unreadable files)`` per clip, in the order of ``files``."""
-    base = os.path.abspath(relative_to) if relative_to is not None else None
-    workers = workers or default_workers()
-    empty: dict = {}
-
-    def one(cf: ClipFiles) -> tuple[dict, list[dict]]:
-        return probe_clip(cf) if probe else (empty, [])
-
-    bar = tqdm(total=len(files), desc="probe" if probe else "records", unit="clip",
-               disable=None if progress else True, smoothing=0.05)
-    with bar:
-        for cf, (facts, errors) in zip(files, ordered_map(one, files, workers=workers if probe else 1)):
-            rec = ClipRecord(clip_id=cf.clip_id, speaker=cf.speaker, video=cf.video,
-                             audio_path=_rel(cf.audio_path, base), video_path=_rel(cf.video_path, base),
-                             frames_dir=_rel(cf.frames_dir, base), split=cf.part, dataset=dataset, **facts)
-            if splits is not None:
-                rec.split = splits.assign(rec.clip_id, rec.split)
-            bar.update(1)
-            yield rec, errors
-
 
 def files_fingerprint(files: Iterable[ClipFiles]) -> str:
     """sha256 (16 hex) over the discovered clips and their paths."""
@@ -422,10 +265,15 @@ def files_fingerprint(files: Iterable[ClipFiles]) -> str:
 
 # ----------------------------------------------------------------------------- whole scans
 
-def _prepare(roots, layout, dataset, split, split_from, workers, progress):
+def _prepare(roots, layout, dataset, split, split_from, workers, progress, probe=True, durations=None):
     if isinstance(roots, (str, Path)):
         roots = [roots]
     spec = get_layout(layout)
+    if probe and durations is not None:
+        raise ManifestError("durations file given with probing on", path=str(getattr(durations, "path", durations)),
+                            hint="probes read durations from the headers: drop one of the two")
+    if durations is not None and not isinstance(durations, Durations):
+        durations = read_durations(durations)
     sources = [read_split_source(s) if isinstance(s, str) else s for s in split_from]
     files, ignored = discover(roots, layout, workers=workers, progress=progress)
     if not files:
@@ -433,22 +281,25 @@ def _prepare(roots, layout, dataset, split, split_from, workers, progress):
                             hint=f"expected {spec.audio_dirs[0]}/SPK/VIDEO/UTT{spec.audio_exts[0]} files; "
                                  f"is --layout right?")
     report = ScanReport(roots=[os.path.abspath(r) for r in roots], layout=layout,
-                        dataset=dataset or layout, probed=True, n_ignored_files=ignored)
-    return files, SplitAssigner(split, sources), report
+                        dataset=dataset or layout, probed=probe, n_ignored_files=ignored)
+    if durations is not None:
+        report.durations = durations_summary(files, durations)
+    return files, SplitAssigner(split, sources), report, durations
 
 
 def scan(roots: str | Path | Sequence[str | Path], layout: str, *, dataset: str | None = None,
          split: str | None = None, split_from: Sequence = (), probe: bool = True,
-         workers: int | None = None, relative_to: str | Path | None = None,
-         progress: bool = True) -> tuple[list[ClipRecord], ScanReport]:
+         durations: str | Path | Durations | None = None, workers: int | None = None,
+         relative_to: str | Path | None = None, progress: bool = True) -> tuple[list[ClipRecord], ScanReport]:
     """Scan in memory: ``(records sorted by clip id, report)``. ``split_from`` holds
-    ``FILE[:SPLIT]`` strings or ``SplitSource``s; ``dataset`` defaults to the layout name."""
+    ``FILE[:SPLIT]`` strings or ``SplitSource``s; ``dataset`` defaults to the layout name;
+    ``durations`` (with ``probe=False``) is a durations file or a ``fastscan.Durations``."""
     t0 = time.monotonic()
-    files, assigner, report = _prepare(roots, layout, dataset, split, split_from, workers, progress)
-    report.probed = probe
+    files, assigner, report, durs = _prepare(roots, layout, dataset, split, split_from, workers, progress,
+                                             probe, durations)
     records = []
     for rec, errors in iter_scan(files, dataset=report.dataset, splits=assigner, probe=probe,
-                                 workers=workers, relative_to=relative_to, progress=progress):
+                                 durations=durs, workers=workers, relative_to=relative_to, progress=progress):
         records.append(rec)
         report.count(rec)
         report.unreadable.extend(errors)
@@ -459,8 +310,9 @@ def scan(roots: str | Path | Sequence[str | Path], layout: str, *, dataset: str 
 
 def scan_to_manifest(out: str | Path, roots: str | Path | Sequence[str | Path], layout: str, *,
                      dataset: str | None = None, split: str | None = None, split_from: Sequence = (),
-                     probe: bool = True, workers: int | None = None, relative: bool = False,
-                     resume: bool = True, progress: bool = True) -> ScanReport:
+                     probe: bool = True, durations: str | Path | Durations | None = None,
+                     workers: int | None = None, relative: bool = False, resume: bool = True,
+                     progress: bool = True) -> ScanReport:
     """Scan straight into the manifest ``out`` (``.jsonl`` or ``.jsonl.gz``), resumably.
 
     Records are appended in clip-id order to ``.<out name>.<key>.partial.jsonl`` beside
@@ -468,15 +320,16 @@ def scan_to_manifest(out: str | Path, roots: str | Path | Sequence[str | Path], 
     couple of seconds; a rerun after an interruption skips what that file already holds.
     When all clips are done the partial file is renamed onto ``out`` (or gzipped into it),
     so ``out`` only ever appears complete. The report goes to ``<out>.scan.json``.
-    ``relative=True`` stores media paths relative to ``out``'s folder.
+    ``relative=True`` stores media paths relative to ``out``'s folder; ``durations`` as in ``scan``.
     """
     t0 = time.monotonic()
     out = Path(out)
-    files, assigner, report = _prepare(roots, layout, dataset, split, split_from, workers, progress)
-    report.probed = probe
+    files, assigner, report, durs = _prepare(roots, layout, dataset, split, split_from, workers, progress,
+                                             probe, durations)
     base = os.path.abspath(out.parent) if relative else None
     key = fingerprint({"files": files_fingerprint(files), "layout": layout, "dataset": report.dataset,
                        "probe": probe, "split": split, "relative_to": base,
+                       "durations": durs.key() if durs is not None else None,
                        "sources": [(s.spec, os.path.getsize(s.path), os.path.getmtime(s.path))
                                    for s in assigner.sources]})
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -496,7 +349,7 @@ def scan_to_manifest(out: str | Path, roots: str | Path | Sequence[str | Path], 
     with writer, open(errpath, "a", encoding="utf-8") as ef:
         last = time.monotonic()
         for rec, errors in iter_scan(todo, dataset=report.dataset, splits=assigner, probe=probe,
-                                     workers=workers, relative_to=base, progress=progress):
+                                     durations=durs, workers=workers, relative_to=base, progress=progress):
             if errors:  # persist the reasons before the record that refers to them
                 ef.write("".join(json.dumps(e) + "\n" for e in errors))
                 ef.flush()
@@ -507,7 +360,7 @@ def scan_to_manifest(out: str | Path, roots: str | Path | Sequence[str | Path], 
                 writer.flush()
                 last = time.monotonic()
     if str(out).endswith(".gz"):
-        write_manifest(out, iter_manifest(partial, resolve=False))
+        gzip_file(partial, out)   # the finished JSONL, byte for byte
         partial.unlink()
     else:
         os.replace(partial, out)

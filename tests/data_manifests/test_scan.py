@@ -16,10 +16,12 @@ import soundfile as sf
 from click.testing import CliRunner
 from PIL import Image
 
-from data_manifests.cli import manifest_cmd
-from data_manifests.manifest import read_manifest, read_split_source
-from data_manifests.scan import discover, probe_container, scan, scan_to_manifest
-from pipeline.errors import ConfigError, ManifestError
+from data_manifests.manifest import read_manifest
+from data_manifests.probe import probe_container
+from data_manifests.splits import read_split_source
+from data_manifests.voxceleb import discover, scan, scan_to_manifest
+from pipeline.cli.manifest import manifest_cmd
+from pipeline.core.errors import ConfigError, ManifestError
 
 REPO = Path(__file__).resolve().parents[2]
 SR = 16000
@@ -262,7 +264,7 @@ def test_scan_to_manifest_gz_report_and_relative(tmp_path, vox1_tree):
 
 
 def test_scan_resumes_from_partial_file(tmp_path, vox2_tree, monkeypatch):
-    import data_manifests.scan as scanmod
+    import data_manifests.voxceleb as scanmod
 
     ref = tmp_path / "ref" / "vox2.jsonl"
     scan_to_manifest(ref, vox2_tree, "vox2", workers=1, progress=False)
@@ -305,7 +307,7 @@ def test_cli_scan_and_check_reports_missing_media(tmp_path, vox1_tree):
     (tree / "frames/id10300/ize_eiCFEg0/00004").rmdir()    # --check would flag an empty frame folder
     out = tmp_path / "vox1.jsonl"
     r = CliRunner().invoke(manifest_cmd, ["--root", str(tree), "--layout", "vox1", "--out", str(out), "-q",
-                                          "--split", "test"])
+                                          "--split", "test", "--probe"])
     assert r.exit_code == 0, r.output
     assert "5 clips" in r.output and "unreadable" in r.output and "00004.wav" in r.output
     r = CliRunner().invoke(manifest_cmd, ["--check", str(out), "-q"])

@@ -1,0 +1,85 @@
+"""`benchmarks/gpu_check.py --dry`: the prepared GPU check at tiny sizes on the CPU, run as a user would
+(a subprocess), so that the script cannot rot between the days a GPU is lent."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("AVFUSE_SHARED", REPO.parent / "shared"))
+sys.path.insert(0, str(REPO))
+
+from benchmarks.gpu_check import DURATION_QUANTILES, QUANTILE_LEVELS, durations  # noqa: E402
+from benchmarks.gpu_check_report import KEYS, VOX2_MEAN_S  # noqa: E402
+
+ROWS = ("media", "decode audio + faces", "extract end to end", "backbones only, bf16", "backbones only, fp32",
+        "bf16 vs fp32 cosine, audio/face min", "VoxCeleb2 dev, decode-bound", "VoxCeleb2 dev, GPU-bound",
+        "VoxCeleb2 dev, end to end", "Dask, 1 GPU worker", "fusion epoch mlp", "fusion epoch dca", "Vox1-E scoring")
+
+
+@pytest.fixture(scope="module")
+def dry(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AVFUSE_SHARED": str(SHARED), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text(), proc
+
+
+def test_dry_run_json_has_every_section_with_numbers(dry):
+    res, _, _ = dry
+    assert set(KEYS) <= set(res) and res["mode"] == "dry" and res["machine"]["gpu"] is None
+    assert not [k for k, v in res.items() if isinstance(v, dict) and "error" in v]
+    s = res["sizes"]
+    assert res["media"]["clips"] == s["clips"] and res["media"]["mp4_kbps"] > 50
+    d = res["decode"]
+    assert d["clips"] == s["decode_sample"] and 0 < d["audio_cpu_ms_per_clip"] < d["cpu_ms_per_clip"]
+    e = res["extract"]
+    assert e["clips"] == s["clips"] and e["failed_clips"] == 0 and e["clips_per_s"] > 0
+    assert e["gpu_busy_share"] is None                        # no GPU: not sampled, not made up
+    g = res["gpu_bound"]
+    assert g["bf16"]["clips_per_s"] > 0 and g["fp32"]["clips_per_s"] > 0
+    for k in ("audio/clip", "face/clip"):
+        assert 0.99 < g["bf16_vs_fp32_cosine"][k]["min"] <= g["bf16_vs_fp32_cosine"][k]["mean"] <= 1.0 + 1e-6
+    assert res["dask"]["clips"] == s["dask_clips"] and res["dask"]["failed_clips"] == 0
+    for head in ("mlp", "dca"):
+        f = res["fusion"][head]
+        assert f["epoch_s"] > 0 and math.isfinite(f["loss"]) and f["clips_per_s"] > 0
+    p = res["projections"]
+    assert p["decode_bound_min"] > 0 and p["gpu_bound_min"] > 0 and p["end_to_end_min"] > 0
+    assert "1,092,009 x" in p["decode_bound_arithmetic"]
+    if (SHARED / "voxceleb" / "list_test_all.txt.gz").exists():
+        sc = res["scoring"]
+        assert sc["n_trials"] == s["trials"] and 0 < sc["eer_percent"] < 50
+    assert res["seconds"]["total"] > 0
+
+
+def test_dry_run_markdown_table(dry):
+    _, md, proc = dry
+    lines = md.splitlines()
+    assert lines[0].startswith("# gpu_check (dry, cpu, ")
+    table = [ln for ln in lines if ln.startswith("|")]
+    assert table[:2] == ["| check | value | unit | note |", "| --- | --- | --- | --- |"]
+    assert [ln.split(" | ")[0][2:] for ln in table[2:]] == list(ROWS)
+    assert all(ln.count("|") == 5 for ln in table)
+    assert "errors:" not in md and md in proc.stdout
+
+
+def test_duration_table_matches_the_real_vox2_dev_durations(voxceleb_dir):
+    with gzip.open(voxceleb_dir / "vox2_dev_duration.txt.gz", "rt") as f:
+        secs = np.array(f.read().split()[1::2], dtype=np.float64)
+    assert len(secs) == 1_092_009
+    assert np.allclose(np.quantile(secs, QUANTILE_LEVELS), DURATION_QUANTILES, atol=0.006)
+    assert abs(secs.mean() - VOX2_MEAN_S) < 1e-3
+    pool = durations(64, 1e9)
+    assert abs(pool.mean() - secs.mean()) < 0.15 and pool.min() >= 3.96
