@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("fusion.cli", "train_cmd", "Stage 2: train a fusion head on the cached embeddings."),
     "score": ("pipeline.score_cli", "score_cmd", "Score a trial list from the cache in any modality mode."),
     "evaluate": ("pipeline.score_cli", "evaluate_cmd", "EER and minDCF of a scores file, with an optional DET plot."),
+    "calibrate": ("pipeline.calibrate_cli", "calibrate_group", "Calibrate scores to LLRs, or fuse systems (trained late fusion)."),
     "ablate": ("pipeline.ablate_cli", "ablate_cmd", "Head x mode table, missing-modality and clip-length ablations."),
     "analyze": ("pipeline.analyze_cli", "analyze_cmd", "Embedding analysis report: angles, silhouettes, projections, DET."),
 }

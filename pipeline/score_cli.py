@@ -156,17 +156,21 @@ def score_cmd(cache_path, trials_path, mode, head_path, norm, cohort, top_k, ski
 
 
 def _format_metrics(m: dict, name: str | None = None) -> str:
+    from pipeline.eval_report import llr_text
     head = f"{name}: " if name else ""
     return (f"{head}EER {m['eer_percent']:.3f}%  minDCF(p=0.01) {m['min_dcf_p0.01']:.4f}  "
-            f"minDCF(p=0.05) {m['min_dcf_p0.05']:.4f}  trials {m['n_trials']:,} "
+            f"minDCF(p=0.05) {m['min_dcf_p0.05']:.4f}{llr_text(m)}  trials {m['n_trials']:,} "
             f"({m['n_target']:,} target, {m['n_nontarget']:,} non-target)")
 
 
-JSON_KEYS = ("eer_percent", "min_dcf_p0.01", "min_dcf_p0.05", "n_trials", "n_target", "n_nontarget")
+JSON_KEYS = ("eer_percent", "min_dcf_p0.01", "min_dcf_p0.05", "act_dcf_p0.01", "act_dcf_p0.05", "cllr",
+             "min_cllr", "n_trials", "n_target", "n_nontarget")
 
 
-def evaluate_files(paths: list[str]) -> list[tuple[str, dict, object]]:
-    """``[(path, metrics, ErrorCurves)]`` for scores files; unlabeled -> ``ScoringError``."""
+def evaluate_files(paths: list[str], thresholds=()) -> list[tuple[str, dict, object]]:
+    """``[(path, metrics, ErrorCurves)]`` for scores files; unlabeled -> ``ScoringError``.
+    ``thresholds``: ``eval_report.parse_thresholds`` specs, answered in ``metrics["thresholds"]``."""
+    from pipeline.eval_report import extend_metrics
     from pipeline.metrics import compute_metrics, error_curves
     from pipeline.scoring import read_scores
 
@@ -181,6 +185,7 @@ def evaluate_files(paths: list[str]) -> list[tuple[str, dict, object]]:
         try:
             m = compute_metrics(s.scores, s.labels)
             c = error_curves(s.scores, s.labels)
+            extend_metrics(m, s.scores, s.labels, c, thresholds)
         except ScoringError as e:
             raise ScoringError(e.message, path=p, hint=e.hint) from None
         out.append((p, m, c))
@@ -198,8 +203,15 @@ def evaluate_files(paths: list[str]) -> list[tuple[str, dict, object]]:
 @click.option("--label", "labels", multiple=True,
               help="Curve name per --scores, in order (default: the file name).")
 @click.option("--title", default="DET curve", show_default=True, help="DET plot title.")
-def evaluate_cmd(scores_paths, as_json, det_plot, labels, title):
-    """EER (%) and normalised minDCF (Cmiss = Cfa = 1, p_target 0.01 and 0.05) of scores files.
+@click.option("--threshold-at", "threshold_at", multiple=True, metavar="far=1%|frr=X",
+              help="Also print the score threshold (accept if score > it) at this false-acceptance or "
+                   "false-rejection rate, e.g. far=1% or frr=0.05 (repeatable).")
+def evaluate_cmd(scores_paths, as_json, det_plot, labels, title, threshold_at):
+    """EER (%), normalised minDCF and actDCF (Cmiss = Cfa = 1, p_target 0.01 and 0.05), Cllr and
+    minCllr of scores files; several --scores give one table.
+
+    actDCF and Cllr read the scores as log-likelihood ratios (Bayes threshold
+    log((1-p)/p)): meaningful after `avfuse calibrate apply`, not for raw cosines.
 
     Thresholds lie between distinct scores (tied trials are accepted or rejected
     together); the EER interpolates linearly between the two operating points that
@@ -213,14 +225,20 @@ def evaluate_cmd(scores_paths, as_json, det_plot, labels, title):
     if det_plot and Path(det_plot).suffix.lower().lstrip(".") not in PLOT_FORMATS:
         raise ConfigError(f"unsupported plot format {Path(det_plot).suffix or '(none)'}", path=det_plot,
                           hint=f"name the plot *.{' / *.'.join(PLOT_FORMATS)}")
-    results = evaluate_files(list(scores_paths))
+    from pipeline.eval_report import parse_thresholds, results_table, threshold_lines
+    results = evaluate_files(list(scores_paths), parse_thresholds(threshold_at))
     if as_json:
-        objs = {p: {k: m[k] for k in JSON_KEYS} for p, m, _ in results}
+        keys = JSON_KEYS + (("thresholds",) if threshold_at else ())
+        objs = {p: {k: m[k] for k in keys} for p, m, _ in results}
         obj = next(iter(objs.values())) if len(objs) == 1 else objs
         click.echo(json.dumps(obj, indent=None, sort_keys=False))
+    elif len(results) == 1:
+        click.echo(_format_metrics(results[0][1]))
+        for line in threshold_lines(results[0][1]):
+            click.echo(line)
     else:
-        for p, m, _ in results:
-            click.echo(_format_metrics(m, p if len(results) > 1 else None))
+        names = list(labels) if labels else [p for p, _, _ in results]
+        click.echo(results_table([(n, m) for n, (_, m, _) in zip(names, results)]))
     if det_plot:
         names = list(labels) if labels else [Path(p).name for p, _, _ in results]
         plot_det([(n, c) for n, (_, _, c) in zip(names, results)], det_plot, title=title)

@@ -1,0 +1,302 @@
+"""Score calibration and trained linear late fusion (BOSARIS/PYLLR-style logistic regression).
+
+Model
+-----
+Features of a trial: the scores ``x_1..x_K`` of the same trial from ``K`` aligned score
+files (K >= 2 is linear late fusion, e.g. an AxA and a VxV file), optionally followed by
+quality measures ``q`` (as WeSpeaker's QMF; computed from the embedding cache):
+
+``durations``  ``log`` of the shorter and of the longer clip duration (seconds) of the trial
+``norms``      per modality in the cache (audio, then face): the smaller and the larger raw
+               clip-embedding L2 norm of the two sides
+
+The calibrated score is a natural-log likelihood ratio ``llr = w . f + b``.
+
+Training (prior-weighted logistic regression, ``p`` = ``prior``, ``N_tar``/``N_non``
+target/non-target counts of the dev trials) minimises, with ``z = w . f + b + logit(p)``::
+
+    C(w, b) = p/N_tar sum_tar softplus(-z) + (1-p)/N_non sum_non softplus(z) + l2/2 |w|^2
+
+so each class weighs as its effective prior (not its count) and the fitted ``w . f + b``
+is an LLR (the ``logit(p)`` offset is the prior's log odds). ``C / log 2`` at the
+optimum is the prior-weighted Cllr on dev. Solved by scipy L-BFGS-B with the analytic
+gradient ``grad_z = a_i (sigmoid(z_i) - y_i)`` (``a_i`` = the class weight), on features
+standardised to zero mean / unit variance (the weights are mapped back to raw features).
+
+``CalibrationModel`` round-trips to JSON (``save``/``load``) with a fingerprint of the
+parameters; ``apply`` maps aligned score files (+ quality) to LLRs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.errors import ConfigError, ScoringError
+
+QUALITY_MEASURES = ("durations", "norms")
+FORMAT = "avfuse-calibration"
+NORM_ARRAYS = (("A", "audio/clip"), ("V", "face/clip"))
+
+
+@dataclass
+class CalibrationModel:
+    """A linear LLR mapping: ``llr = sum(weights * features) + bias``.
+
+    ``features`` names each input in order: ``score[k]`` for the ``k``-th scores file,
+    then quality features (``log_dur_min``, ``log_dur_max``, ``norm_A_min``, ...).
+    ``train`` records the dev data (files, counts, Cllr before/after).
+    """
+
+    weights: list[float]
+    bias: float
+    features: list[str]
+    n_scores: int
+    quality: list[str] = field(default_factory=list)
+    prior: float = 0.5
+    l2: float = 1e-6
+    format: str = FORMAT
+    version: int = 1
+    train: dict = field(default_factory=dict)
+
+    def params(self) -> dict:
+        """What determines the mapping (fingerprinted)."""
+        return {"weights": [float(w) for w in self.weights], "bias": float(self.bias),
+                "features": list(self.features), "n_scores": int(self.n_scores),
+                "quality": list(self.quality), "prior": float(self.prior), "l2": float(self.l2)}
+
+    @property
+    def fingerprint(self) -> str:
+        from pipeline.config import fingerprint
+        return fingerprint(self.params())
+
+    def llr(self, features: np.ndarray) -> np.ndarray:
+        f = np.asarray(features, dtype=np.float64)
+        if f.ndim != 2 or f.shape[1] != len(self.weights):
+            raise ScoringError(f"calibration model takes {len(self.weights)} features "
+                               f"({', '.join(self.features)}), got {f.shape[-1]}")
+        return f @ np.asarray(self.weights, dtype=np.float64) + float(self.bias)
+
+    def save(self, path: str | Path) -> None:
+        from pipeline.config import atomic_write_json, to_dict
+        atomic_write_json(path, {**to_dict(self), "fingerprint": self.fingerprint})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CalibrationModel":
+        import json
+
+        from pipeline.config import from_dict
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("calibration model not found", path=p,
+                              hint="train one with `avfuse calibrate fit ... --out CAL.json`")
+        try:
+            data = json.loads(p.read_text())
+        except ValueError as e:
+            raise ConfigError(f"not a JSON calibration model ({e})", path=p) from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ConfigError(f"not an avfuse calibration model (format is not {FORMAT!r})", path=p)
+        fp = data.pop("fingerprint", None)
+        try:
+            model = from_dict(cls, data)
+        except ConfigError as e:
+            raise ConfigError(e.message, path=p, hint=e.hint) from None
+        if len(model.weights) != len(model.features):
+            raise ConfigError(f"{len(model.weights)} weights for {len(model.features)} features", path=p)
+        if fp is not None and fp != model.fingerprint:
+            raise ConfigError(f"fingerprint {fp} does not match the parameters ({model.fingerprint})", path=p,
+                              hint="the file was edited; refit with `avfuse calibrate fit`")
+        return model
+
+
+# ---------------------------------------------------------------- aligned score files
+def _header_lines(path: str | Path) -> int:
+    with open(path, "rb") as f:
+        return 1 if f.read(5) == b"label" else 0
+
+
+def load_aligned(paths: Sequence[str | Path], *, need_labels: bool = False):
+    """``(first Scores, X (n, K) float64)`` of ``K`` score files of the same trials in the same order.
+
+    A file whose trials (enrol, test, label) differ raises ``ScoringError`` naming that
+    file, the line and both trials. ``need_labels``: unlabeled (``NA``) trials raise.
+    """
+    from pipeline.scoring import read_scores
+
+    if not paths:
+        raise ConfigError("no --scores given", hint="pass --scores FILE (repeat for late fusion)")
+    files = [read_scores(p) for p in paths]
+    ref = files[0]
+    for p, s in zip(paths[1:], files[1:]):
+        n = min(len(s), len(ref))
+        same = (s.enrol[:n] == ref.enrol[:n]) & (s.test[:n] == ref.test[:n]) & (s.labels[:n] == ref.labels[:n])
+        if not same.all():
+            i = int(np.argmin(same))
+            raise ScoringError(
+                f"trial {i + 1} is '{s.enrol[i]} {s.test[i]}' (label {s.labels[i]}) but "
+                f"'{ref.enrol[i]} {ref.test[i]}' (label {ref.labels[i]}) in {paths[0]}",
+                path=p, line=i + 1 + _header_lines(p),
+                hint="score every system on the same trial list (without --skip-missing dropping "
+                     "different trials)")
+        if len(s) != len(ref):
+            raise ScoringError(f"{len(s):,} trials but {len(ref):,} in {paths[0]}", path=p,
+                               hint="score every system on the same trial list")
+    if need_labels:
+        n_na = int((ref.labels < 0).sum())
+        if n_na:
+            raise ScoringError(f"{n_na:,} of {len(ref):,} trials are unlabeled (label NA)", path=paths[0],
+                               hint="calibration needs a labeled dev list ('label enrol test')")
+        n_tar = int((ref.labels == 1).sum())
+        if n_tar == 0 or n_tar == len(ref):
+            raise ScoringError(f"dev trials hold only {'non-target' if n_tar == 0 else 'target'} trials "
+                               f"({len(ref):,} trials)", path=paths[0],
+                               hint="calibrate on a dev list with both target and non-target trials")
+    X = np.empty((len(ref), len(files)), dtype=np.float64)
+    for k, s in enumerate(files):
+        X[:, k] = s.scores
+        if not np.isfinite(s.scores).all():
+            raise ScoringError(f"{int((~np.isfinite(s.scores)).sum())} scores are NaN or infinite", path=paths[k])
+    return ref, X
+
+
+# ---------------------------------------------------------------- quality measures
+def quality_names(measures: Sequence[str], cache=None) -> list[str]:
+    names: list[str] = []
+    for m in measures:
+        if m == "durations":
+            names += ["log_dur_min", "log_dur_max"]
+        elif m == "norms":
+            mods = [k for k, arr in NORM_ARRAYS if cache is None or cache.has(arr)]
+            names += [f"norm_{k}_{e}" for k in mods for e in ("min", "max")]
+    return names
+
+
+def parse_quality(text: str | None) -> list[str]:
+    """``"durations,norms"`` -> ``["durations", "norms"]`` (unknown names: ``ConfigError``)."""
+    items = [t.strip() for t in (text or "").split(",") if t.strip()]
+    bad = [t for t in items if t not in QUALITY_MEASURES]
+    if bad:
+        raise ConfigError(f"unknown quality measure(s) {', '.join(bad)}",
+                          hint=f"use a comma list of {', '.join(QUALITY_MEASURES)}")
+    return list(dict.fromkeys(items))
+
+
+def quality_features(cache, enrol: np.ndarray, test: np.ndarray, measures: Sequence[str]) -> np.ndarray:
+    """``(n, Q)`` quality features (module docstring) of trials ``(enrol[i], test[i])``; each
+    utterance's cache row is read once."""
+    from pipeline.scoring import read_rows
+
+    if not measures:
+        return np.zeros((len(enrol), 0))
+    if cache is None:
+        raise ConfigError(f"quality measures {', '.join(measures)} need --cache", hint="pass the embedding cache")
+    utts, inv = np.unique(np.concatenate([enrol, test]), return_inverse=True)
+    ei, ti = inv[:len(enrol)], inv[len(enrol):]
+    rows = np.asarray(cache.rows(utts, missing="mask"), dtype=np.int64)
+    if (rows < 0).any():
+        miss = utts[rows < 0]
+        raise ScoringError(f"{len(miss)} utterance(s) of the scores file are missing from the cache: "
+                           f"{', '.join(miss[:3].tolist())}", path=cache.path,
+                           hint="pass the cache the scores were computed from")
+    cols = []
+    for m in measures:
+        if m == "durations":
+            d = np.log(np.maximum(read_rows(cache, "duration", rows, dtype=np.float64), 1e-3))
+            cols += [np.minimum(d[ei], d[ti]), np.maximum(d[ei], d[ti])]
+        elif m == "norms":
+            for _, arr in NORM_ARRAYS:
+                if cache.has(arr):
+                    e = read_rows(cache, arr, rows)
+                    nrm = np.sqrt(np.einsum("ij,ij->i", e, e, dtype=np.float64))
+                    cols += [np.minimum(nrm[ei], nrm[ti]), np.maximum(nrm[ei], nrm[ti])]
+    return np.column_stack(cols)
+
+
+# ---------------------------------------------------------------- training
+def _objective(theta, F, y, a, offset, l2):
+    from scipy.special import expit
+
+    w, b = theta[:-1], theta[-1]
+    z = F @ w + (b + offset)
+    loss = np.where(y, np.logaddexp(0.0, -z), np.logaddexp(0.0, z))
+    r = a * (expit(z) - y)
+    grad = np.empty_like(theta)
+    grad[:-1] = F.T @ r + l2 * w
+    grad[-1] = r.sum()
+    return float(np.dot(a, loss) + 0.5 * l2 * np.dot(w, w)), grad
+
+
+def train_logreg(F: np.ndarray, labels: np.ndarray, prior: float = 0.5, l2: float = 1e-6,
+                 max_iter: int = 500) -> tuple[np.ndarray, float, dict]:
+    """``(w, b, info)`` of the prior-weighted logistic regression (module docstring) on
+    features ``F`` (n, d) and labels 1/0."""
+    from scipy.optimize import minimize
+
+    if not 0.0 < prior < 1.0:
+        raise ConfigError(f"--prior must be in (0, 1), got {prior}")
+    y = np.asarray(labels) == 1
+    n_tar = int(y.sum())
+    n_non = len(y) - n_tar
+    if n_tar == 0 or n_non == 0:
+        raise ScoringError(f"need both target and non-target trials (got {n_tar} targets, {n_non} non-targets)")
+    F = np.asarray(F, dtype=np.float64)
+    mu = F.mean(axis=0)
+    sd = F.std(axis=0)
+    sd[sd < 1e-12] = 1.0                     # a constant feature: its weight stays ~0 (l2)
+    G = (F - mu) / sd
+    a = np.where(y, prior / n_tar, (1.0 - prior) / n_non)
+    offset = math.log(prior / (1.0 - prior))
+    theta0 = np.zeros(G.shape[1] + 1)
+    res = minimize(_objective, theta0, args=(G, y.astype(np.float64), a, offset, l2), jac=True,
+                   method="L-BFGS-B", options={"maxiter": max_iter, "gtol": 1e-9, "ftol": 1e-12})
+    ws, bs = res.x[:-1], res.x[-1]
+    w = ws / sd
+    b = float(bs - np.dot(w, mu))
+    info = {"iterations": int(res.nit), "converged": bool(res.success), "objective_bits": float(res.fun / math.log(2)),
+            "n_target": n_tar, "n_nontarget": n_non}
+    return w, b, info
+
+
+def fit(score_paths: Sequence[str | Path], *, quality: Sequence[str] = (), cache=None, prior: float = 0.5,
+        l2: float = 1e-6) -> CalibrationModel:
+    """Fit a ``CalibrationModel`` on labeled, aligned dev score files (+ quality from ``cache``)."""
+    from pipeline.config import sha256_file
+    from pipeline.llr_metrics import cllr, min_cllr
+
+    ref, X = load_aligned(score_paths, need_labels=True)
+    Q = quality_features(cache, ref.enrol, ref.test, quality)
+    F = np.hstack([X, Q])
+    w, b, info = train_logreg(F, ref.labels, prior=prior, l2=l2)
+    features = [f"score[{k}]" for k in range(X.shape[1])] + quality_names(quality, cache)
+    model = CalibrationModel(weights=[float(v) for v in w], bias=b, features=features, n_scores=X.shape[1],
+                             quality=list(quality), prior=float(prior), l2=float(l2))
+    llr = model.llr(F)
+    info.update(
+        files=[{"path": str(Path(p).resolve()), "sha256": sha256_file(p)} for p in score_paths],
+        cache=None if cache is None else {"path": str(cache.path), "fingerprint": cache.fingerprint},
+        cllr_raw=[cllr(X[:, k], ref.labels) for k in range(X.shape[1])],
+        min_cllr_raw=[min_cllr(X[:, k], ref.labels) for k in range(X.shape[1])],
+        cllr=cllr(llr, ref.labels), min_cllr=min_cllr(llr, ref.labels))
+    model.train = info
+    return model
+
+
+def apply(model: CalibrationModel, score_paths: Sequence[str | Path], *, cache=None):
+    """``Scores`` whose scores are the model's LLRs for aligned score files (same order as at fit)."""
+    from pipeline.scoring import Scores
+
+    if len(score_paths) != model.n_scores:
+        raise ConfigError(f"the model fuses {model.n_scores} scores file(s), got {len(score_paths)} --scores",
+                          hint="pass the score files of the same systems, in the order used at fit")
+    ref, X = load_aligned(score_paths)
+    Q = quality_features(cache, ref.enrol, ref.test, model.quality)
+    F = np.hstack([X, Q])
+    if F.shape[1] != len(model.weights):
+        raise ConfigError(f"the model takes {len(model.weights)} features ({', '.join(model.features)}) "
+                          f"but this cache gives {F.shape[1]}", hint="use the cache the model was fitted with")
+    llr = model.llr(F).astype(np.float32)
+    return Scores(labels=ref.labels, enrol=ref.enrol, test=ref.test, scores=llr)
