@@ -79,7 +79,7 @@ class CalibrationModel:
         if f.ndim != 2 or f.shape[1] != len(self.weights):
             raise ScoringError(f"calibration model takes {len(self.weights)} features "
                                f"({', '.join(self.features)}), got {f.shape[-1]}")
-        return f @ np.asarray(self.weights, dtype=np.float64) + float(self.bias)
+        return np.einsum("nd,d->n", f, np.asarray(self.weights, dtype=np.float64)) + float(self.bias)
 
     def save(self, path: str | Path) -> None:
         from pipeline.config import atomic_write_json, to_dict
@@ -114,53 +114,100 @@ class CalibrationModel:
 
 
 # ---------------------------------------------------------------- aligned score files
-def _header_lines(path: str | Path) -> int:
-    with open(path, "rb") as f:
-        return 1 if f.read(5) == b"label" else 0
+@dataclass
+class Aligned:
+    """Trials shared by aligned score files: labels (int8, -1 = NA), the scores matrix ``X``
+    (n, K) float64 (the float32 values of the files), ids as bytes tokens (``ids()`` decodes)."""
+
+    labels: np.ndarray
+    X: np.ndarray
+    enrol_tok: list
+    test_tok: list
+    _ids: tuple | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(enrol, test)`` as str arrays (decoded once)."""
+        if self._ids is None:
+            self._ids = (np.array(self.enrol_tok).astype(str), np.array(self.test_tok).astype(str))
+        return self._ids
 
 
-def load_aligned(paths: Sequence[str | Path], *, need_labels: bool = False):
-    """``(first Scores, X (n, K) float64)`` of ``K`` score files of the same trials in the same order.
-
-    A file whose trials (enrol, test, label) differ raises ``ScoringError`` naming that
-    file, the line and both trials. ``need_labels``: unlabeled (``NA``) trials raise.
-    """
+def _read_columns(path: str | Path) -> tuple[int, list, list, list, np.ndarray]:
+    """``(header lines, label, enrol, test tokens, scores float32)`` of a scores TSV, from one
+    ``bytes.split``; anything unusual is handed to ``read_scores`` for its error message."""
     from pipeline.scoring import read_scores
 
+    p = Path(path)
+    if not p.is_file():
+        read_scores(p)                                  # raises "scores file not found"
+    data = p.read_bytes()
+    head = 0
+    if data.startswith(b"label"):
+        nl = data.find(b"\n")
+        data, head = (b"" if nl < 0 else data[nl + 1:]), 1
+    toks = data.split()
+    n = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+    lab = toks[0::4]
+    ok = n > 0 and len(toks) == 4 * n and set(lab) <= {b"0", b"1", b"NA"}
+    if ok:
+        try:
+            scores = np.array(toks[3::4]).astype(np.float64).astype(np.float32)
+        except ValueError:
+            ok = False
+    if not ok:                                          # read_scores names the bad line, or
+        s = read_scores(p)                              # reads what this fast path does not (CR-only lines)
+        lab = [{1: b"1", 0: b"0"}.get(int(v), b"NA") for v in s.labels]
+        return head, lab, [x.encode() for x in s.enrol], [x.encode() for x in s.test], s.scores
+    return head, lab, toks[1::4], toks[2::4], scores
+
+
+def load_aligned(paths: Sequence[str | Path], *, need_labels: bool = False) -> Aligned:
+    """The trials and scores of ``K`` score files of the same trials in the same order.
+
+    A file whose trials (enrol, test, label) differ raises ``ScoringError`` naming that
+    file, the line and both trials. ``need_labels``: unlabeled (``NA``) trials, or a list
+    with one class only, raise.
+    """
     if not paths:
         raise ConfigError("no --scores given", hint="pass --scores FILE (repeat for late fusion)")
-    files = [read_scores(p) for p in paths]
-    ref = files[0]
-    for p, s in zip(paths[1:], files[1:]):
-        n = min(len(s), len(ref))
-        same = (s.enrol[:n] == ref.enrol[:n]) & (s.test[:n] == ref.test[:n]) & (s.labels[:n] == ref.labels[:n])
-        if not same.all():
-            i = int(np.argmin(same))
-            raise ScoringError(
-                f"trial {i + 1} is '{s.enrol[i]} {s.test[i]}' (label {s.labels[i]}) but "
-                f"'{ref.enrol[i]} {ref.test[i]}' (label {ref.labels[i]}) in {paths[0]}",
-                path=p, line=i + 1 + _header_lines(p),
-                hint="score every system on the same trial list (without --skip-missing dropping "
-                     "different trials)")
-        if len(s) != len(ref):
-            raise ScoringError(f"{len(s):,} trials but {len(ref):,} in {paths[0]}", path=p,
+    cols = [_read_columns(p) for p in paths]
+    _, lab0, e0, t0, _ = cols[0]
+    for p, (head, lab, e, t, _) in zip(paths[1:], cols[1:]):
+        if lab == lab0 and e == e0 and t == t0:
+            continue
+        n = min(len(lab), len(lab0))
+        i = next((i for i in range(n) if (lab[i], e[i], t[i]) != (lab0[i], e0[i], t0[i])), None)
+        if i is None:
+            raise ScoringError(f"{len(lab):,} trials but {len(lab0):,} in {paths[0]}", path=p,
                                hint="score every system on the same trial list")
+        d = lambda b: b.decode(errors="replace")  # noqa: E731
+        raise ScoringError(
+            f"trial {i + 1} is '{d(lab[i])} {d(e[i])} {d(t[i])}' but '{d(lab0[i])} {d(e0[i])} {d(t0[i])}' "
+            f"in {paths[0]}", path=p, line=i + 1 + head,
+            hint="score every system on the same trial list (without --skip-missing dropping different trials)")
+    lab_arr = np.array(lab0)
+    labels = np.full(len(lab0), -1, dtype=np.int8)
+    labels[lab_arr == b"1"] = 1
+    labels[lab_arr == b"0"] = 0
+    X = np.empty((len(labels), len(paths)), dtype=np.float64)
+    for k, (p, c) in enumerate(zip(paths, cols)):
+        X[:, k] = c[4]
+        if not np.isfinite(c[4]).all():
+            raise ScoringError(f"{int((~np.isfinite(c[4])).sum())} scores are NaN or infinite", path=p)
     if need_labels:
-        n_na = int((ref.labels < 0).sum())
+        n_na = int((labels < 0).sum())
         if n_na:
-            raise ScoringError(f"{n_na:,} of {len(ref):,} trials are unlabeled (label NA)", path=paths[0],
+            raise ScoringError(f"{n_na:,} of {len(labels):,} trials are unlabeled (label NA)", path=paths[0],
                                hint="calibration needs a labeled dev list ('label enrol test')")
-        n_tar = int((ref.labels == 1).sum())
-        if n_tar == 0 or n_tar == len(ref):
+        n_tar = int((labels == 1).sum())
+        if n_tar == 0 or n_tar == len(labels):
             raise ScoringError(f"dev trials hold only {'non-target' if n_tar == 0 else 'target'} trials "
-                               f"({len(ref):,} trials)", path=paths[0],
+                               f"({len(labels):,} trials)", path=paths[0],
                                hint="calibrate on a dev list with both target and non-target trials")
-    X = np.empty((len(ref), len(files)), dtype=np.float64)
-    for k, s in enumerate(files):
-        X[:, k] = s.scores
-        if not np.isfinite(s.scores).all():
-            raise ScoringError(f"{int((~np.isfinite(s.scores)).sum())} scores are NaN or infinite", path=paths[k])
-    return ref, X
+    return Aligned(labels=labels, X=X, enrol_tok=e0, test_tok=t0)
 
 
 # ---------------------------------------------------------------- quality measures
@@ -217,17 +264,48 @@ def quality_features(cache, enrol: np.ndarray, test: np.ndarray, measures: Seque
 
 
 # ---------------------------------------------------------------- training
-def _objective(theta, F, y, a, offset, l2):
-    from scipy.special import expit
+class _Objective:
+    """``C(theta)`` and its gradient (module docstring) on standardised features ``GT`` (d, n),
+    vectorised with preallocated work arrays (no BLAS level-1 calls: on a loaded machine their
+    threads cost more than the arithmetic). With ``x = z`` for non-targets and ``x = -z`` for
+    targets: ``loss = softplus(x) = max(x, 0) + log(1 + e^-|x|)`` and
+    ``dC/dz = sign * a * sigmoid(x)``, ``sigmoid(x) = e^min(x, 0) / (1 + e^-|x|)``."""
 
-    w, b = theta[:-1], theta[-1]
-    z = F @ w + (b + offset)
-    loss = np.where(y, np.logaddexp(0.0, -z), np.logaddexp(0.0, z))
-    r = a * (expit(z) - y)
-    grad = np.empty_like(theta)
-    grad[:-1] = F.T @ r + l2 * w
-    grad[-1] = r.sum()
-    return float(np.dot(a, loss) + 0.5 * l2 * np.dot(w, w)), grad
+    def __init__(self, GT: np.ndarray, y: np.ndarray, a: np.ndarray, offset: float, l2: float):
+        self.GT, self.a, self.offset, self.l2 = GT, a, offset, l2
+        self.sign = np.where(y, -1.0, 1.0)
+        self.sa = self.sign * a
+        self.buf = np.empty((3, GT.shape[1]))
+
+    def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        x, e, t = self.buf
+        w, b = theta[:-1], theta[-1]
+        x.fill(b + self.offset)
+        for k in range(len(w)):
+            x += self.GT[k] * w[k]
+        x *= self.sign
+        np.abs(x, out=e)
+        np.negative(e, out=e)
+        np.exp(e, out=e)
+        e += 1.0                                       # 1 + e^-|x|
+        np.log(e, out=t)
+        f = float(np.einsum("i,i->", self.a, t))
+        np.maximum(x, 0.0, out=t)
+        f += float(np.einsum("i,i->", self.a, t))
+        np.minimum(x, 0.0, out=t)
+        np.exp(t, out=t)
+        t /= e
+        t *= self.sa                                   # dC/dz
+        grad = np.empty_like(theta)
+        grad[:-1] = np.einsum("kn,n->k", self.GT, t) + self.l2 * w
+        grad[-1] = t.sum()
+        return f + 0.5 * self.l2 * float(w @ w), grad
+
+
+def _objective(theta, F, y, a, offset, l2):
+    """``(C, grad)`` of ``theta = (w, b)`` on features ``F`` (n, d) (one-shot ``_Objective``)."""
+    return _Objective(np.ascontiguousarray(np.asarray(F, dtype=np.float64).T), np.asarray(y) == 1,
+                      np.asarray(a, dtype=np.float64), offset, l2)(np.asarray(theta, dtype=np.float64))
 
 
 def train_logreg(F: np.ndarray, labels: np.ndarray, prior: float = 0.5, l2: float = 1e-6,
@@ -247,11 +325,11 @@ def train_logreg(F: np.ndarray, labels: np.ndarray, prior: float = 0.5, l2: floa
     mu = F.mean(axis=0)
     sd = F.std(axis=0)
     sd[sd < 1e-12] = 1.0                     # a constant feature: its weight stays ~0 (l2)
-    G = (F - mu) / sd
+    GT = np.ascontiguousarray(((F - mu) / sd).T)      # (d, n): one contiguous row per feature
     a = np.where(y, prior / n_tar, (1.0 - prior) / n_non)
     offset = math.log(prior / (1.0 - prior))
-    theta0 = np.zeros(G.shape[1] + 1)
-    res = minimize(_objective, theta0, args=(G, y.astype(np.float64), a, offset, l2), jac=True,
+    theta0 = np.zeros(GT.shape[0] + 1)
+    res = minimize(_Objective(GT, y, a, offset, l2), theta0, jac=True,
                    method="L-BFGS-B", options={"maxiter": max_iter, "gtol": 1e-9, "ftol": 1e-12})
     ws, bs = res.x[:-1], res.x[-1]
     w = ws / sd
@@ -267,8 +345,9 @@ def fit(score_paths: Sequence[str | Path], *, quality: Sequence[str] = (), cache
     from pipeline.config import sha256_file
     from pipeline.llr_metrics import cllr, min_cllr
 
-    ref, X = load_aligned(score_paths, need_labels=True)
-    Q = quality_features(cache, ref.enrol, ref.test, quality)
+    ref = load_aligned(score_paths, need_labels=True)
+    X = ref.X
+    Q = quality_features(cache, *ref.ids(), quality) if quality else np.zeros((len(ref), 0))
     F = np.hstack([X, Q])
     w, b, info = train_logreg(F, ref.labels, prior=prior, l2=l2)
     features = [f"score[{k}]" for k in range(X.shape[1])] + quality_names(quality, cache)
@@ -292,11 +371,12 @@ def apply(model: CalibrationModel, score_paths: Sequence[str | Path], *, cache=N
     if len(score_paths) != model.n_scores:
         raise ConfigError(f"the model fuses {model.n_scores} scores file(s), got {len(score_paths)} --scores",
                           hint="pass the score files of the same systems, in the order used at fit")
-    ref, X = load_aligned(score_paths)
-    Q = quality_features(cache, ref.enrol, ref.test, model.quality)
-    F = np.hstack([X, Q])
+    ref = load_aligned(score_paths)
+    enrol, test = ref.ids()
+    Q = quality_features(cache, enrol, test, model.quality)
+    F = np.hstack([ref.X, Q])
     if F.shape[1] != len(model.weights):
         raise ConfigError(f"the model takes {len(model.weights)} features ({', '.join(model.features)}) "
                           f"but this cache gives {F.shape[1]}", hint="use the cache the model was fitted with")
     llr = model.llr(F).astype(np.float32)
-    return Scores(labels=ref.labels, enrol=ref.enrol, test=ref.test, scores=llr)
+    return Scores(labels=ref.labels, enrol=enrol, test=test, scores=llr)

@@ -97,7 +97,8 @@ def _cllr_blocks(llr: np.ndarray, tar: np.ndarray, non: np.ndarray, n_tar: int, 
     (an infinite LLR costs nothing where it is right; weight-0 terms are dropped)."""
     ct = np.where(tar > 0, np.logaddexp(0.0, -np.where(tar > 0, llr, 0.0)), 0.0)
     cn = np.where(non > 0, np.logaddexp(0.0, np.where(non > 0, llr, 0.0)), 0.0)
-    return float((np.dot(tar, ct) / n_tar + np.dot(non, cn) / n_non) / (2.0 * LOG2))
+    dot = np.einsum("i,i->", tar, ct) / n_tar + np.einsum("i,i->", non, cn) / n_non
+    return float(dot / (2.0 * LOG2))
 
 
 def cllr(scores, labels) -> float:

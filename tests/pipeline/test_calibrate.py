@@ -218,7 +218,7 @@ def test_cli_fit_apply_evaluate_end_to_end(tmp_path, invoke):
     model = CalibrationModel.load(cal)
     assert side["score_kind"] == "llr" and side["calibration"]["fingerprint"] == model.fingerprint
     assert side["calibration"]["path"] == str(cal.resolve()) and len(side["inputs"]) == 2
-    _, X = load_aligned(ev)
+    X = load_aligned(ev).X
     np.testing.assert_allclose(llr.scores, model.llr(np.hstack([X, quality_features(cache, ee, te, ["durations"])])),
                                rtol=1e-5, atol=1e-5)
     code, so, se_ = invoke(["evaluate", "--scores", out, "--json", "--threshold-at", "far=1%"])
@@ -249,8 +249,12 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, invoke):
     one = write(tmp_path / "one.tsv", np.ones(50), s)
     na = tmp_path / "na.tsv"
     write_scores(na, Scores(np.full(50, -1, np.int8), en, te, s.astype(np.float32)))
+    broken = tmp_path / "broken.tsv"
+    lines = a.read_text().splitlines()
+    broken.write_text("\n".join(lines[:1] + ["1\tonly-two\t0.5"] + lines[2:]) + "\n")
     cal = tmp_path / "cal.json"
     cases = [
+        (["calibrate", "fit", "--scores", a, "--scores", broken, "--out", cal], ["broken.tsv:2:", "4 fields"]),
         (["calibrate", "fit", "--scores", a, "--scores", b, "--out", cal], ["b.tsv:19:", "trial 18", "zzz"]),
         (["calibrate", "fit", "--scores", a, "--scores", short, "--out", cal], ["short.tsv", "40 trials"]),
         (["calibrate", "fit", "--scores", one, "--out", cal], ["one.tsv", "only target"]),
