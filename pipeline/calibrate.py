@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.errors import ConfigError, ScoringError
+from pipeline.score_align import load_aligned  # noqa: F401  (re-exported)
 
 QUALITY_MEASURES = ("durations", "norms")
 FORMAT = "avfuse-calibration"
@@ -111,103 +112,6 @@ class CalibrationModel:
             raise ConfigError(f"fingerprint {fp} does not match the parameters ({model.fingerprint})", path=p,
                               hint="the file was edited; refit with `avfuse calibrate fit`")
         return model
-
-
-# ---------------------------------------------------------------- aligned score files
-@dataclass
-class Aligned:
-    """Trials shared by aligned score files: labels (int8, -1 = NA), the scores matrix ``X``
-    (n, K) float64 (the float32 values of the files), ids as bytes tokens (``ids()`` decodes)."""
-
-    labels: np.ndarray
-    X: np.ndarray
-    enrol_tok: list
-    test_tok: list
-    _ids: tuple | None = None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def ids(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(enrol, test)`` as str arrays (decoded once)."""
-        if self._ids is None:
-            self._ids = (np.array(self.enrol_tok).astype(str), np.array(self.test_tok).astype(str))
-        return self._ids
-
-
-def _read_columns(path: str | Path) -> tuple[int, list, list, list, np.ndarray]:
-    """``(header lines, label, enrol, test tokens, scores float32)`` of a scores TSV, from one
-    ``bytes.split``; anything unusual is handed to ``read_scores`` for its error message."""
-    from pipeline.scoring import read_scores
-
-    p = Path(path)
-    if not p.is_file():
-        read_scores(p)                                  # raises "scores file not found"
-    data = p.read_bytes()
-    head = 0
-    if data.startswith(b"label"):
-        nl = data.find(b"\n")
-        data, head = (b"" if nl < 0 else data[nl + 1:]), 1
-    toks = data.split()
-    n = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
-    lab = toks[0::4]
-    ok = n > 0 and len(toks) == 4 * n and set(lab) <= {b"0", b"1", b"NA"}
-    if ok:
-        try:
-            scores = np.array(toks[3::4]).astype(np.float64).astype(np.float32)
-        except ValueError:
-            ok = False
-    if not ok:                                          # read_scores names the bad line, or
-        s = read_scores(p)                              # reads what this fast path does not (CR-only lines)
-        lab = [{1: b"1", 0: b"0"}.get(int(v), b"NA") for v in s.labels]
-        return head, lab, [x.encode() for x in s.enrol], [x.encode() for x in s.test], s.scores
-    return head, lab, toks[1::4], toks[2::4], scores
-
-
-def load_aligned(paths: Sequence[str | Path], *, need_labels: bool = False) -> Aligned:
-    """The trials and scores of ``K`` score files of the same trials in the same order.
-
-    A file whose trials (enrol, test, label) differ raises ``ScoringError`` naming that
-    file, the line and both trials. ``need_labels``: unlabeled (``NA``) trials, or a list
-    with one class only, raise.
-    """
-    if not paths:
-        raise ConfigError("no --scores given", hint="pass --scores FILE (repeat for late fusion)")
-    cols = [_read_columns(p) for p in paths]
-    _, lab0, e0, t0, _ = cols[0]
-    for p, (head, lab, e, t, _) in zip(paths[1:], cols[1:]):
-        if lab == lab0 and e == e0 and t == t0:
-            continue
-        n = min(len(lab), len(lab0))
-        i = next((i for i in range(n) if (lab[i], e[i], t[i]) != (lab0[i], e0[i], t0[i])), None)
-        if i is None:
-            raise ScoringError(f"{len(lab):,} trials but {len(lab0):,} in {paths[0]}", path=p,
-                               hint="score every system on the same trial list")
-        d = lambda b: b.decode(errors="replace")  # noqa: E731
-        raise ScoringError(
-            f"trial {i + 1} is '{d(lab[i])} {d(e[i])} {d(t[i])}' but '{d(lab0[i])} {d(e0[i])} {d(t0[i])}' "
-            f"in {paths[0]}", path=p, line=i + 1 + head,
-            hint="score every system on the same trial list (without --skip-missing dropping different trials)")
-    lab_arr = np.array(lab0)
-    labels = np.full(len(lab0), -1, dtype=np.int8)
-    labels[lab_arr == b"1"] = 1
-    labels[lab_arr == b"0"] = 0
-    X = np.empty((len(labels), len(paths)), dtype=np.float64)
-    for k, (p, c) in enumerate(zip(paths, cols)):
-        X[:, k] = c[4]
-        if not np.isfinite(c[4]).all():
-            raise ScoringError(f"{int((~np.isfinite(c[4])).sum())} scores are NaN or infinite", path=p)
-    if need_labels:
-        n_na = int((labels < 0).sum())
-        if n_na:
-            raise ScoringError(f"{n_na:,} of {len(labels):,} trials are unlabeled (label NA)", path=paths[0],
-                               hint="calibration needs a labeled dev list ('label enrol test')")
-        n_tar = int((labels == 1).sum())
-        if n_tar == 0 or n_tar == len(labels):
-            raise ScoringError(f"dev trials hold only {'non-target' if n_tar == 0 else 'target'} trials "
-                               f"({len(labels):,} trials)", path=paths[0],
-                               hint="calibrate on a dev list with both target and non-target trials")
-    return Aligned(labels=labels, X=X, enrol_tok=e0, test_tok=t0)
 
 
 # ---------------------------------------------------------------- quality measures

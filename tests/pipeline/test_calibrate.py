@@ -54,6 +54,31 @@ def write(path, y, s, enrol=None, test=None):
     return path
 
 
+# ---------------------------------------------------------------- reading aligned files
+@pytest.mark.parametrize("variant", ["header", "no_header", "no_final_newline", "spaces", "crlf"])
+def test_fast_columns_reader_equals_read_scores(tmp_path, variant):
+    from pipeline.score_align import read_columns
+    rng = np.random.default_rng(3)
+    n = 500
+    lab = rng.integers(-1, 2, n).astype(np.int8)
+    s = (rng.normal(size=n) * 10.0 ** rng.integers(-8, 8, n)).astype(np.float32)
+    s[:3] = [0.0, -1e-30, 3.4e38]
+    p = tmp_path / "s.tsv"
+    write_scores(p, Scores(lab, ids(n, "e"), ids(n, "t"), s))
+    text = p.read_text()
+    text = {"header": text, "no_header": text.split("\n", 1)[1], "no_final_newline": text.rstrip("\n"),
+            "spaces": text.replace("\t", " "), "crlf": text.replace("\n", "\r\n")}[variant]
+    p.write_bytes(text.encode())
+    ref, col = read_scores(p), read_columns(p)
+    assert (col.labels == ref.labels).all() and (col.scores == ref.scores).all()
+    e, t = col.ids()
+    assert (e == ref.enrol).all() and (t == ref.test).all()
+    assert col.head == (0 if variant == "no_header" else 1)
+    from pipeline.score_align import _fast      # the numpy path served the plain files itself
+    body = text.split("\n", 1)[1] if col.head else text
+    assert (_fast(body.encode()) is not None) == (variant not in ("spaces", "crlf"))
+
+
 # ---------------------------------------------------------------- the fit itself
 @pytest.mark.parametrize("p_tar,prior", [(0.5, 0.5), (0.1, 0.5), (0.1, 0.05), (0.7, 0.2)])
 def test_logreg_recovers_the_gaussian_llr_whatever_the_class_balance_and_prior(p_tar, prior):

@@ -1,0 +1,177 @@
+"""Several scores files of the same trials, read fast and checked to be aligned line by line.
+
+For calibration and late fusion (``pipeline.calibrate``): the scores TSV of
+``pipeline.scoring`` (``label enrol test score``, header optional) is parsed from its
+bytes with numpy (newline and tab positions, the score fields gathered into a fixed-width
+byte matrix and converted by numpy): no Python object per line. Trials are compared
+across files as the bytes of each line before the score. Any file the fast path does not
+accept (spaces or CRs as separators, a malformed line) goes through
+``pipeline.scoring.read_scores``, which names the bad line or reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.errors import ConfigError, ScoringError
+
+
+@dataclass
+class Columns:
+    """One scores file: ``labels`` int8 (1/0, -1 = NA), ``scores`` float32, ``key`` the bytes of
+    every line up to its score (label, enrol, test and their tabs), ``head`` header lines."""
+
+    path: str
+    head: int
+    labels: np.ndarray
+    scores: np.ndarray
+    key: bytes
+    body: bytes
+
+    def ids(self) -> tuple[np.ndarray, np.ndarray]:
+        toks = self.body.split()
+        return np.array(toks[1::4]).astype(str), np.array(toks[2::4]).astype(str)
+
+    def trials(self) -> list[tuple[bytes, bytes, bytes]]:
+        toks = self.body.split()
+        return list(zip(toks[0::4], toks[1::4], toks[2::4]))
+
+
+def _fast(data: bytes) -> tuple[np.ndarray, np.ndarray, bytes] | None:
+    """``(labels, scores, key)`` of a well-formed tab-separated body, or ``None``."""
+    if not data:
+        return None
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    b = np.frombuffer(data, dtype=np.uint8)
+    if (b == 13).any() or (b == 32).any():
+        return None
+    nl = np.flatnonzero(b == 10)
+    tabs = np.flatnonzero(b == 9)
+    n = len(nl)
+    if len(tabs) != 3 * n:
+        return None
+    tabs = tabs.reshape(n, 3)
+    start = np.concatenate(([0], nl[:-1] + 1))
+    t0, t1, t2 = tabs[:, 0], tabs[:, 1], tabs[:, 2]
+    if not ((t0 > start) & (t1 > t0 + 1) & (t2 > t1 + 1) & (nl > t2 + 1)).all():
+        return None
+    lab_len = t0 - start
+    first = b[start]
+    is1 = (lab_len == 1) & (first == ord("1"))
+    is0 = (lab_len == 1) & (first == ord("0"))
+    isna = (lab_len == 2) & (first == ord("N")) & (b[np.minimum(start + 1, len(b) - 1)] == ord("A"))
+    if not (is1 | is0 | isna).all():
+        return None
+    width = nl - t2 - 1
+    w = int(width.max())
+    if w > 48:
+        return None
+    cols = np.arange(w)
+    mat = b[np.minimum(t2[:, None] + 1 + cols, len(b) - 1)]
+    mat[cols[None, :] >= width[:, None]] = 0
+    try:
+        scores = np.ascontiguousarray(mat).view(f"S{w}").ravel().astype(np.float64).astype(np.float32)
+    except ValueError:
+        return None
+    labels = np.full(n, -1, dtype=np.int8)
+    labels[is1] = 1
+    labels[is0] = 0
+    delta = np.zeros(len(b) + 1, dtype=np.int8)
+    delta[t2 + 1] = -1
+    delta[nl + 1] = 1
+    key = b[np.cumsum(delta[:-1], dtype=np.int8) == 0].tobytes()
+    return labels, scores, key
+
+
+def read_columns(path: str | Path) -> Columns:
+    """One scores file (module docstring); errors as ``read_scores`` raises them."""
+    from pipeline.scoring import read_scores
+
+    p = Path(path)
+    if not p.is_file():
+        read_scores(p)                                   # "scores file not found"
+    data = p.read_bytes()
+    head = 0
+    if data.startswith(b"label"):
+        nl = data.find(b"\n")
+        data, head = (b"" if nl < 0 else data[nl + 1:]), 1
+    fast = _fast(data)
+    if fast is None:                                     # read_scores names the bad line, or reads it
+        s = read_scores(p)
+        lab = np.where(s.labels < 0, "NA", s.labels.astype(str))
+        lines = [f"{a}\t{e}\t{t}\t" for a, e, t in zip(lab, s.enrol, s.test)]
+        return Columns(str(p), head, s.labels, s.scores, "".join(lines).encode(),
+                       "".join(x + "0\n" for x in lines).encode())
+    labels, scores, key = fast
+    return Columns(str(p), head, labels, scores, key, data)
+
+
+@dataclass
+class Aligned:
+    """Trials shared by aligned score files: ``labels`` int8 (-1 = NA) and the scores matrix
+    ``X`` (n, K) float64 (the files' float32 values); ``ids()`` decodes enrol/test once."""
+
+    labels: np.ndarray
+    X: np.ndarray
+    first: Columns
+    _ids: tuple | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def ids(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._ids is None:
+            self._ids = self.first.ids()
+        return self._ids
+
+
+def _mismatch(ref: Columns, other: Columns) -> ScoringError:
+    a, b = ref.trials(), other.trials()
+    i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    if i is None:
+        return ScoringError(f"{len(b):,} trials but {len(a):,} in {ref.path}", path=other.path,
+                            hint="score every system on the same trial list")
+    def d(trial):
+        return " ".join(x.decode(errors="replace") for x in trial)
+    return ScoringError(f"trial {i + 1} is '{d(b[i])}' but '{d(a[i])}' in {ref.path}", path=other.path,
+                        line=i + 1 + other.head,
+                        hint="score every system on the same trial list (without --skip-missing "
+                             "dropping different trials)")
+
+
+def load_aligned(paths: Sequence[str | Path], *, need_labels: bool = False) -> Aligned:
+    """The trials and scores of ``K`` score files of the same trials in the same order.
+
+    A file whose trials (label, enrol, test) differ raises ``ScoringError`` naming that file,
+    the line and both trials. ``need_labels``: unlabeled (``NA``) trials, or a list with one
+    class only, raise.
+    """
+    if not paths:
+        raise ConfigError("no --scores given", hint="pass --scores FILE (repeat for late fusion)")
+    cols = [read_columns(p) for p in paths]
+    ref = cols[0]
+    for c in cols[1:]:
+        if c.key != ref.key:
+            raise _mismatch(ref, c)
+    X = np.empty((len(ref.labels), len(cols)), dtype=np.float64)
+    for k, c in enumerate(cols):
+        X[:, k] = c.scores
+        if not np.isfinite(c.scores).all():
+            raise ScoringError(f"{int((~np.isfinite(c.scores)).sum())} scores are NaN or infinite", path=c.path)
+    labels = ref.labels
+    if need_labels:
+        n_na = int((labels < 0).sum())
+        if n_na:
+            raise ScoringError(f"{n_na:,} of {len(labels):,} trials are unlabeled (label NA)", path=ref.path,
+                               hint="calibration needs a labeled dev list ('label enrol test')")
+        n_tar = int((labels == 1).sum())
+        if n_tar == 0 or n_tar == len(labels):
+            raise ScoringError(f"dev trials hold only {'non-target' if n_tar == 0 else 'target'} trials "
+                               f"({len(labels):,} trials)", path=ref.path,
+                               hint="calibrate on a dev list with both target and non-target trials")
+    return Aligned(labels=labels, X=X, first=ref)
