@@ -76,8 +76,10 @@ def build_sidecar(*, cache, trials, trials_sha: str, mode: str, result, head_inf
 @click.command("score", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--cache", "cache_path", required=True, type=click.Path(),
               help="Embedding cache (.zarr / .h5) holding every utterance of the trial list.")
-@click.option("--trials", "trials_path", required=True, type=click.Path(),
-              help="Trial list, 'label enrol test' or 'enrol test' (.txt or .txt.gz).")
+@click.option("--trials", "trials_paths", required=True, multiple=True, type=click.Path(),
+              help="Trial list, 'label enrol test' or 'enrol test' (.txt or .txt.gz). Repeat (with one "
+                   "--out each) to score several lists, e.g. Vox1-O/E/H, in one pass: each utterance "
+                   "is read or embedded once.")
 @click.option("--mode", required=True, type=click.Choice(MODE_NAMES),
               help="Enrol x test modalities. Without --head: A = audio clip embedding, "
                    "V = mean face embedding, AV = mean of the A and V cosine scores; AVxA/AVxV "
@@ -97,13 +99,13 @@ def build_sidecar(*, cache, trials, trials_sha: str, mode: str, result, head_inf
 @click.option("--force", is_flag=True,
               help="Score even if the head was trained on a cache with another fingerprint "
                    "(or the cohort cache comes from other backbones).")
-@click.option("--out", "out_path", required=True, type=click.Path(),
-              help="Scores TSV to write; provenance goes to <out>.json.")
+@click.option("--out", "out_paths", required=True, multiple=True, type=click.Path(),
+              help="Scores TSV to write (one per --trials, in order); provenance goes to <out>.json.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Utterances per head batch.")
 @click.option("--quiet", is_flag=True, help="No progress bars or summary.")
-def score_cmd(cache_path, trials_path, mode, head_path, norm, cohort, top_k, skip_missing, force,
-              out_path, batch_size, quiet):
+def score_cmd(cache_path, trials_paths, mode, head_path, norm, cohort, top_k, skip_missing, force,
+              out_paths, batch_size, quiet):
     """Score a trial list from the embedding cache.
 
     Each unique utterance is read (or embedded through --head) once, then all trials
@@ -126,14 +128,27 @@ def score_cmd(cache_path, trials_path, mode, head_path, norm, cohort, top_k, ski
         raise ConfigError(f"--norm {norm} needs --cohort", hint="e.g. --cohort train")
     if norm == "none" and cohort:
         raise ConfigError("--cohort given without --norm", hint="add --norm snorm or --norm asnorm")
+    if len(trials_paths) != len(out_paths):
+        raise ConfigError(f"{len(trials_paths)} --trials but {len(out_paths)} --out",
+                          hint="give one --out per --trials, in the same order")
     cache = open_cache(cache_path)
-    trials = read_trials(trials_path)
     head = head_info = meta = None
     if head_path:
         from fusion.registry import check_provenance, load_head
         head, meta = load_head(head_path)
         check_provenance(meta, cache, force=force, path=head_path)
         head_info = _head_info(head_path, head, meta)
+    if len(trials_paths) > 1:
+        from pipeline.score_multi import score_lists
+        done = score_lists(cache, trials_paths, out_paths, mode, head=head, head_meta=meta, head_info=head_info,
+                           norm=norm, cohort=cohort, top_k=top_k, skip_missing=skip_missing, force=force,
+                           batch_size=batch_size, progress=not quiet)
+        for tp, op, sc in ([] if quiet else done):
+            m = compute_metrics(sc.scores, sc.labels) if sc.labeled and 0 < sc.labels.sum() < len(sc) else None
+            click.echo(f"{tp}: {len(sc):,} trials -> {op}" + (f"  {_format_metrics(m)}" if m else ""))
+        return
+    trials_path, out_path = trials_paths[0], out_paths[0]
+    trials = read_trials(trials_path)
     result = score_from_cache(cache, trials, mode, head=head, head_meta=meta, norm=norm, cohort=cohort,
                               top_k=top_k, skip_missing=skip_missing, force=force, batch_size=batch_size,
                               progress=not quiet)
