@@ -61,3 +61,61 @@ def results_table(results: Sequence[tuple[str, dict]]) -> str:
         cols.append(key)
         heads.append(f"threshold {spec}")
     return text_table(rows, cols, heads).rstrip("\n")
+
+
+def list_entry(path: str, label: str | None) -> tuple[str, str]:
+    """``(system, list)`` of a scores file for the by-list table: from a ``SYSTEM:LIST`` label,
+    else from its sidecar (mode [+ head name] [+ norm]; the trial list's file name)."""
+    import json
+    from pathlib import Path
+
+    from pipeline.errors import ConfigError
+    from pipeline.scoring import sidecar_path
+
+    if label is not None:
+        if ":" not in label:
+            raise ConfigError(f"--label {label!r} has no ':'", hint="with --by-list name files SYSTEM:LIST, "
+                                                                    "e.g. --label ECAPA:Vox1-O")
+        system, lst = label.rsplit(":", 1)
+        return system, lst
+    side = sidecar_path(path)
+    info = {}
+    if side.is_file():
+        try:
+            info = json.loads(side.read_text())
+        except ValueError:
+            info = {}
+    trials = (info.get("trials") or {}).get("path")
+    if not trials:
+        return Path(path).name, "-"
+    system = str(info.get("mode", Path(path).stem))
+    if info.get("head"):
+        system += f" {info['head'].get('name')}"
+    if (info.get("norm") or {}).get("method", "none") != "none":
+        system += f" {info['norm']['method']}"
+    name = Path(trials).name
+    for ext in (".gz", ".txt"):
+        name = name[:-len(ext)] if name.endswith(ext) else name
+    return system, name
+
+
+def by_list_table(entries: Sequence[tuple[str, str, dict]]) -> str:
+    """Systems x trial lists, as papers print VoxCeleb1-O/E/H: a row per system, per list the
+    EER (%) and minDCF (p=0.05) columns; ``-`` where a system lacks a list."""
+    from pipeline.tables import text_table
+
+    systems = list(dict.fromkeys(s for s, _, _ in entries))
+    lists = list(dict.fromkeys(lst for _, lst, _ in entries))
+    cell = {(s, lst): m for s, lst, m in entries}
+    rows, cols, heads = [], ["system"], ["system"]
+    for lst in lists:
+        cols += [f"eer_percent|{lst}", f"min_dcf_p0.05|{lst}"]
+        heads += [f"{lst} EER (%)", f"{lst} minDCF .05"]
+    for s in systems:
+        row = {"system": s}
+        for lst in lists:
+            m = cell.get((s, lst), {})
+            row[f"eer_percent|{lst}"] = m.get("eer_percent")
+            row[f"min_dcf_p0.05|{lst}"] = m.get("min_dcf_p0.05")
+        rows.append(row)
+    return text_table(rows, cols, heads).rstrip("\n")

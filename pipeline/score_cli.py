@@ -221,7 +221,10 @@ def evaluate_files(paths: list[str], thresholds=()) -> list[tuple[str, dict, obj
 @click.option("--threshold-at", "threshold_at", multiple=True, metavar="far=1%|frr=X",
               help="Also print the score threshold (accept if score > it) at this false-acceptance or "
                    "false-rejection rate, e.g. far=1% or frr=0.05 (repeatable).")
-def evaluate_cmd(scores_paths, as_json, det_plot, labels, title, threshold_at):
+@click.option("--by-list", is_flag=True,
+              help="Print systems x trial lists (e.g. Vox1-O/E/H as papers do): EER and minDCF(p=0.05) per "
+                   "list. Name each file SYSTEM:LIST with --label, or let the sidecars name them.")
+def evaluate_cmd(scores_paths, as_json, det_plot, labels, title, threshold_at, by_list):
     """EER (%), normalised minDCF and actDCF (Cmiss = Cfa = 1, p_target 0.01 and 0.05), Cllr and
     minCllr of scores files; several --scores give one table.
 
@@ -247,6 +250,10 @@ def evaluate_cmd(scores_paths, as_json, det_plot, labels, title, threshold_at):
         objs = {p: {k: m[k] for k in keys} for p, m, _ in results}
         obj = next(iter(objs.values())) if len(objs) == 1 else objs
         click.echo(json.dumps(obj, indent=None, sort_keys=False))
+    elif by_list:
+        from pipeline.eval_report import by_list_table, list_entry
+        click.echo(by_list_table([(*list_entry(p, labels[i] if labels else None), m)
+                                  for i, (p, m, _) in enumerate(results)]))
     elif len(results) == 1:
         click.echo(_format_metrics(results[0][1]))
         for line in threshold_lines(results[0][1]):

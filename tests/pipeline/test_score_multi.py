@@ -83,3 +83,29 @@ def test_trials_and_out_counts_must_match(setup, invoke, tmp_path):
                           "--trials", setup["lists"][1], "--out", tmp_path / "x.tsv", "--out", tmp_path / "x.tsv"])
     assert code == 2 and "same file" in se
     assert not (tmp_path / "x.tsv").exists()
+
+
+def test_evaluate_by_list_table(setup, invoke, tmp_path):
+    from pipeline.metrics import compute_metrics
+    files = []
+    for mode in ("AxA", "VxV"):
+        args = ["score", "--cache", setup["cache"].path, "--mode", mode, "--skip-missing", "--quiet"]
+        for i, lst in enumerate(setup["lists"]):
+            args += ["--trials", lst, "--out", tmp_path / f"{mode}{i}.tsv"]
+            files.append(tmp_path / f"{mode}{i}.tsv")
+        code, _, se = invoke(args)
+        assert code == 0, se
+    code, so, se = invoke(["evaluate", "--by-list"] + [x for f in files for x in ("--scores", f)])
+    assert code == 0, se
+    lines = so.strip().splitlines()
+    assert lines[0].split()[:4] == ["system", "l0", "EER", "(%)"] and "l2 minDCF .05" in lines[0]
+    assert [ln.split()[0] for ln in lines[2:]] == ["AxA", "VxV"]
+    s = read_scores(files[4])                   # VxV on l1
+    m = compute_metrics(s.scores, s.labels)
+    vxv = lines[3].split()
+    assert vxv[3] == f"{m['eer_percent']:.2f}" and vxv[4] == f"{m['min_dcf_p0.05']:.4f}"
+    code, so, se = invoke(["evaluate", "--by-list", "--scores", files[0], "--scores", files[3],
+                           "--label", "sysA:Vox1-O", "--label", "sysV:Vox1-O"])
+    assert code == 0 and "Vox1-O EER (%)" in so and "sysV" in so, se
+    code, _, se = invoke(["evaluate", "--by-list", "--scores", files[0], "--label", "nocolon"])
+    assert code == 2 and "SYSTEM:LIST" in se
