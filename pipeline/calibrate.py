@@ -4,11 +4,8 @@ Model
 -----
 Features of a trial: the scores ``x_1..x_K`` of the same trial from ``K`` aligned score
 files (K >= 2 is linear late fusion, e.g. an AxA and a VxV file), optionally followed by
-quality measures ``q`` (as WeSpeaker's QMF; computed from the embedding cache):
-
-``durations``  ``log`` of the shorter and of the longer clip duration (seconds) of the trial
-``norms``      per modality in the cache (audio, then face): the smaller and the larger raw
-               clip-embedding L2 norm of the two sides
+quality measures ``q`` (as WeSpeaker's QMF; computed from the embedding cache by
+``pipeline.quality``: durations, embedding norms, imposter-cohort mean scores).
 
 The calibrated score is a natural-log likelihood ratio ``llr = w . f + b``.
 
@@ -37,11 +34,10 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.errors import ConfigError, ScoringError
+from pipeline.quality import parse_quality, quality_features, quality_names  # noqa: F401  (re-exported)
 from pipeline.score_align import load_aligned  # noqa: F401  (re-exported)
 
-QUALITY_MEASURES = ("durations", "norms")
 FORMAT = "avfuse-calibration"
-NORM_ARRAYS = (("A", "audio/clip"), ("V", "face/clip"))
 
 
 @dataclass
@@ -58,6 +54,7 @@ class CalibrationModel:
     features: list[str]
     n_scores: int
     quality: list[str] = field(default_factory=list)
+    quality_options: dict = field(default_factory=dict)
     prior: float = 0.5
     l2: float = 1e-6
     format: str = FORMAT
@@ -68,7 +65,8 @@ class CalibrationModel:
         """What determines the mapping (fingerprinted)."""
         return {"weights": [float(w) for w in self.weights], "bias": float(self.bias),
                 "features": list(self.features), "n_scores": int(self.n_scores),
-                "quality": list(self.quality), "prior": float(self.prior), "l2": float(self.l2)}
+                "quality": list(self.quality), "quality_options": dict(self.quality_options),
+                "prior": float(self.prior), "l2": float(self.l2)}
 
     @property
     def fingerprint(self) -> str:
@@ -112,59 +110,6 @@ class CalibrationModel:
             raise ConfigError(f"fingerprint {fp} does not match the parameters ({model.fingerprint})", path=p,
                               hint="the file was edited; refit with `avfuse calibrate fit`")
         return model
-
-
-# ---------------------------------------------------------------- quality measures
-def quality_names(measures: Sequence[str], cache=None) -> list[str]:
-    names: list[str] = []
-    for m in measures:
-        if m == "durations":
-            names += ["log_dur_min", "log_dur_max"]
-        elif m == "norms":
-            mods = [k for k, arr in NORM_ARRAYS if cache is None or cache.has(arr)]
-            names += [f"norm_{k}_{e}" for k in mods for e in ("min", "max")]
-    return names
-
-
-def parse_quality(text: str | None) -> list[str]:
-    """``"durations,norms"`` -> ``["durations", "norms"]`` (unknown names: ``ConfigError``)."""
-    items = [t.strip() for t in (text or "").split(",") if t.strip()]
-    bad = [t for t in items if t not in QUALITY_MEASURES]
-    if bad:
-        raise ConfigError(f"unknown quality measure(s) {', '.join(bad)}",
-                          hint=f"use a comma list of {', '.join(QUALITY_MEASURES)}")
-    return list(dict.fromkeys(items))
-
-
-def quality_features(cache, enrol: np.ndarray, test: np.ndarray, measures: Sequence[str]) -> np.ndarray:
-    """``(n, Q)`` quality features (module docstring) of trials ``(enrol[i], test[i])``; each
-    utterance's cache row is read once."""
-    from pipeline.scoring import read_rows
-
-    if not measures:
-        return np.zeros((len(enrol), 0))
-    if cache is None:
-        raise ConfigError(f"quality measures {', '.join(measures)} need --cache", hint="pass the embedding cache")
-    utts, inv = np.unique(np.concatenate([enrol, test]), return_inverse=True)
-    ei, ti = inv[:len(enrol)], inv[len(enrol):]
-    rows = np.asarray(cache.rows(utts, missing="mask"), dtype=np.int64)
-    if (rows < 0).any():
-        miss = utts[rows < 0]
-        raise ScoringError(f"{len(miss)} utterance(s) of the scores file are missing from the cache: "
-                           f"{', '.join(miss[:3].tolist())}", path=cache.path,
-                           hint="pass the cache the scores were computed from")
-    cols = []
-    for m in measures:
-        if m == "durations":
-            d = np.log(np.maximum(read_rows(cache, "duration", rows, dtype=np.float64), 1e-3))
-            cols += [np.minimum(d[ei], d[ti]), np.maximum(d[ei], d[ti])]
-        elif m == "norms":
-            for _, arr in NORM_ARRAYS:
-                if cache.has(arr):
-                    e = read_rows(cache, arr, rows)
-                    nrm = np.sqrt(np.einsum("ij,ij->i", e, e, dtype=np.float64))
-                    cols += [np.minimum(nrm[ei], nrm[ti]), np.maximum(nrm[ei], nrm[ti])]
-    return np.column_stack(cols)
 
 
 # ---------------------------------------------------------------- training
@@ -244,19 +189,21 @@ def train_logreg(F: np.ndarray, labels: np.ndarray, prior: float = 0.5, l2: floa
 
 
 def fit(score_paths: Sequence[str | Path], *, quality: Sequence[str] = (), cache=None, prior: float = 0.5,
-        l2: float = 1e-6) -> CalibrationModel:
-    """Fit a ``CalibrationModel`` on labeled, aligned dev score files (+ quality from ``cache``)."""
+        l2: float = 1e-6, cohort: str | None = None, top_k: int = 300) -> CalibrationModel:
+    """Fit a ``CalibrationModel`` on labeled, aligned dev score files (+ quality from ``cache``;
+    ``cohort``/``top_k`` for the ``cohort`` measure, see ``pipeline.quality``)."""
     from pipeline.config import sha256_file
     from pipeline.llr_metrics import cllr, min_cllr
 
     ref = load_aligned(score_paths, need_labels=True)
     X = ref.X
-    Q = quality_features(cache, *ref.ids(), quality) if quality else np.zeros((len(ref), 0))
+    options = {"cohort": cohort, "top_k": int(top_k)} if "cohort" in quality else {}
+    Q = quality_features(cache, *ref.ids(), quality, **options) if quality else np.zeros((len(ref), 0))
     F = np.hstack([X, Q])
     w, b, info = train_logreg(F, ref.labels, prior=prior, l2=l2)
     features = [f"score[{k}]" for k in range(X.shape[1])] + quality_names(quality, cache)
     model = CalibrationModel(weights=[float(v) for v in w], bias=b, features=features, n_scores=X.shape[1],
-                             quality=list(quality), prior=float(prior), l2=float(l2))
+                             quality=list(quality), quality_options=options, prior=float(prior), l2=float(l2))
     llr = model.llr(F)
     info.update(
         files=[{"path": str(Path(p).resolve()), "sha256": sha256_file(p)} for p in score_paths],
@@ -277,7 +224,7 @@ def apply(model: CalibrationModel, score_paths: Sequence[str | Path], *, cache=N
                           hint="pass the score files of the same systems, in the order used at fit")
     ref = load_aligned(score_paths)
     enrol, test = ref.ids()
-    Q = quality_features(cache, enrol, test, model.quality)
+    Q = quality_features(cache, enrol, test, model.quality, **model.quality_options)
     F = np.hstack([ref.X, Q])
     if F.shape[1] != len(model.weights):
         raise ConfigError(f"the model takes {len(model.weights)} features ({', '.join(model.features)}) "

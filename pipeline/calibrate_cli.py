@@ -46,10 +46,16 @@ def _open_cache(path):
 @click.option("--scores", "scores_paths", required=True, multiple=True, type=click.Path(),
               help="Labeled dev scores TSV (from `avfuse score`). Repeat with files of the same trials "
                    "(e.g. AxA and VxV) for linear late fusion.")
-@click.option("--quality", default=None, metavar="durations,norms",
-              help="Quality measures added as features (WeSpeaker QMF style): 'durations' = log of the "
-                   "shorter/longer clip duration, 'norms' = smaller/larger raw embedding norm per "
-                   "modality. Needs --cache.")
+@click.option("--quality", default=None, metavar="durations,norms,cohort",
+              help="Quality measures added as features (WeSpeaker QMF style), each as the smaller and "
+                   "larger value of the two sides: 'durations' = log clip duration, 'norms' = raw "
+                   "embedding norm per modality, 'cohort' = mean of the top-k cosines against the "
+                   "--cohort speakers per modality. Needs --cache.")
+@click.option("--cohort", default=None, metavar="SPLIT|CACHE[:SPLIT]",
+              help="Cohort for --quality cohort: a split of --cache (e.g. 'train') or another cache; one "
+                   "mean embedding per speaker (as `avfuse score --norm`).")
+@click.option("--top-k", type=click.IntRange(min=1), default=300, show_default=True,
+              help="--quality cohort: cohort scores averaged per utterance (the k best).")
 @click.option("--cache", "cache_path", type=click.Path(), default=None,
               help="Embedding cache holding the trials' utterances (for --quality).")
 @click.option("--prior", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
@@ -59,7 +65,7 @@ def _open_cache(path):
               help="L2 penalty on the (standardised) feature weights.")
 @click.option("--out", "out_path", required=True, type=click.Path(), help="Calibration model JSON to write.")
 @click.option("--quiet", is_flag=True, help="No summary.")
-def fit_cmd(scores_paths, quality, cache_path, prior, l2, out_path, quiet):
+def fit_cmd(scores_paths, quality, cohort, top_k, cache_path, prior, l2, out_path, quiet):
     """Fit llr = w . [scores, quality] + b on labeled dev trials; write the model as JSON.
 
     The trials of every --scores file must match line by line (same enrol, test and
@@ -68,7 +74,11 @@ def fit_cmd(scores_paths, quality, cache_path, prior, l2, out_path, quiet):
     from pipeline.calibrate import fit, parse_quality
 
     q = parse_quality(quality)
-    model = fit(list(scores_paths), quality=q, cache=_open_cache(cache_path) if q else None, prior=prior, l2=l2)
+    if cohort and "cohort" not in q:
+        from pipeline.errors import ConfigError
+        raise ConfigError("--cohort given without --quality cohort", hint="add cohort to --quality, or drop --cohort")
+    model = fit(list(scores_paths), quality=q, cache=_open_cache(cache_path) if q else None, prior=prior, l2=l2,
+                cohort=cohort, top_k=top_k)
     model.save(out_path)
     if quiet:
         return

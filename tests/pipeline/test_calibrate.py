@@ -180,6 +180,24 @@ def quality_cache(path, n_utt=120, seed=0):
     return open_cache(path), np.array(uid), dur, audio, face
 
 
+def test_cohort_quality_measure_is_the_top_k_mean_cosine_to_speaker_means(tmp_path):
+    cache, uid, dur, audio, face = quality_cache(tmp_path / "q.zarr")
+    e, t = uid[[0, 5, 7, 50]], uid[[3, 5, 100, 1]]
+    q = quality_features(cache, e, t, ["cohort"], cohort="test", top_k=3)
+    spk = np.array([u.split("/")[0] for u in uid])
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+    for mat, cols in ((audio, slice(0, 2)), (face, slice(2, 4))):
+        means = unit(np.stack([unit(mat[spk == s_]).mean(axis=0) for s_ in np.unique(spk)]))
+        top = np.sort(unit(mat) @ means.T, axis=1)[:, -3:].mean(axis=1)
+        ie, it = [0, 5, 7, 50], [3, 5, 100, 1]
+        np.testing.assert_allclose(q[:, cols], np.column_stack([np.minimum(top[ie], top[it]),
+                                                                np.maximum(top[ie], top[it])]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="--cohort"):
+        quality_features(cache, e, t, ["cohort"])
+
+
 def duration_trials(uid, dur, n, seed):
     """Scores whose mean shifts with the shorter clip's log duration (the same for both classes)."""
     rng = np.random.default_rng(seed)
@@ -230,7 +248,8 @@ def test_cli_fit_apply_evaluate_end_to_end(tmp_path, invoke):
     ve = np.where(ye == 1, 0.6, 0.0) + rng.normal(0, 0.5, len(ye))
     ev = [write(tmp_path / "eA.tsv", ye, se, ee, te), write(tmp_path / "eV.tsv", ye, ve, ee, te)]
     cal, out = tmp_path / "cal.json", tmp_path / "llr.tsv"
-    code, so, se_ = invoke(["calibrate", "fit", "--scores", dev[0], "--scores", dev[1], "--quality", "durations",
+    code, so, se_ = invoke(["calibrate", "fit", "--scores", dev[0], "--scores", dev[1], "--quality",
+                            "durations,cohort", "--cohort", "test", "--top-k", "5",
                             "--cache", cache.path, "--prior", "0.05", "--out", cal])
     assert code == 0, se_
     assert "llr =" in so and "dev calibrated: Cllr" in so
@@ -244,8 +263,9 @@ def test_cli_fit_apply_evaluate_end_to_end(tmp_path, invoke):
     assert side["score_kind"] == "llr" and side["calibration"]["fingerprint"] == model.fingerprint
     assert side["calibration"]["path"] == str(cal.resolve()) and len(side["inputs"]) == 2
     X = load_aligned(ev).X
-    np.testing.assert_allclose(llr.scores, model.llr(np.hstack([X, quality_features(cache, ee, te, ["durations"])])),
-                               rtol=1e-5, atol=1e-5)
+    assert model.quality_options == {"cohort": "test", "top_k": 5} and model.features[-1] == "cohort_V_max"
+    q = quality_features(cache, ee, te, ["durations", "cohort"], cohort="test", top_k=5)
+    np.testing.assert_allclose(llr.scores, model.llr(np.hstack([X, q])), rtol=1e-5, atol=1e-5)
     code, so, se_ = invoke(["evaluate", "--scores", out, "--json", "--threshold-at", "far=1%"])
     assert code == 0, se_
     m = json.loads(so)
@@ -286,6 +306,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, invoke):
         (["calibrate", "fit", "--scores", na, "--out", cal], ["unlabeled"]),
         (["calibrate", "fit", "--scores", a, "--quality", "durations", "--out", cal], ["need --cache"]),
         (["calibrate", "fit", "--scores", a, "--quality", "snr", "--out", cal], ["unknown quality measure"]),
+        (["calibrate", "fit", "--scores", a, "--cohort", "train", "--out", cal], ["without --quality cohort"]),
         (["calibrate", "apply", "--model", tmp_path / "none.json", "--scores", a, "--out", tmp_path / "o.tsv"],
          ["not found"]),
         (["evaluate", "--scores", a, "--threshold-at", "far=2"], ["outside [0, 1]"]),
