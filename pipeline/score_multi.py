@@ -32,20 +32,24 @@ def merge_trials(lists: Sequence) -> tuple[object, np.ndarray]:
     return merged, owner
 
 
+def kept_mask(result, trials) -> np.ndarray:
+    """bool per trial of ``trials``: scored in ``result`` (``score_from_cache`` with skipped
+    trials). Whether a trial is kept depends only on its (enrol, test) pair, and the result
+    holds the kept trials in order, so the kept ones are those whose pair is in the result."""
+    if len(result) == len(trials):
+        return np.ones(len(trials), dtype=bool)
+    utts, ei, ti = trials.index()
+    pair = ei * len(utts) + ti
+    rows = np.searchsorted(utts, np.concatenate([result.enrol, result.test]))
+    kept_pairs = rows[:len(result)] * len(utts) + rows[len(result):]
+    return np.isin(pair, kept_pairs)
+
+
 def split_scores(result, merged, owner: np.ndarray, n_lists: int) -> list:
-    """One ``Scores`` per list from the scores of the merged list. Whether a trial is kept
-    depends only on its (enrol, test) pair, so with skipped trials the kept ones are those
-    whose pair appears in the result (the result is the kept trials in order)."""
+    """One ``Scores`` per list from the scores of the merged list (``kept_mask``)."""
     from pipeline.scoring import Scores
 
-    if len(result) == len(merged):
-        keep = np.ones(len(merged), dtype=bool)
-    else:
-        utts, ei, ti = merged.index()
-        pair = ei * len(utts) + ti
-        rows = np.searchsorted(utts, np.concatenate([result.enrol, result.test]))
-        kept_pairs = rows[:len(result)] * len(utts) + rows[len(result):]
-        keep = np.isin(pair, kept_pairs)
+    keep = kept_mask(result, merged)
     bounds = np.concatenate(([0], np.cumsum(np.bincount(owner[keep], minlength=n_lists))))
     return [Scores(labels=result.labels[a:b], enrol=result.enrol[a:b], test=result.test[a:b],
                    scores=result.scores[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
