@@ -29,6 +29,12 @@ def merge_trials(lists: Sequence) -> tuple[object, np.ndarray]:
                        test=np.concatenate([t.test for t in lists]),
                        labeled=all(t.labeled for t in lists))
     owner = np.repeat(np.arange(len(lists)), [len(t) for t in lists])
+    # the merged index from the lists' own (no factorising of the concatenated ids again)
+    parts = [t.index() for t in lists]
+    utts = np.unique(np.concatenate([u for u, _, _ in parts]))
+    glob = [np.searchsorted(utts, u) for u, _, _ in parts]
+    merged._index = (utts, np.concatenate([g[e] for g, (_, e, _) in zip(glob, parts)]),
+                     np.concatenate([g[t] for g, (_, _, t) in zip(glob, parts)]))
     return merged, owner
 
 
