@@ -66,8 +66,9 @@ def _open_cache(path):
 @click.option("--out", "out_path", required=True, type=click.Path(), help="Calibration model JSON to write.")
 @click.option("--quiet", is_flag=True, help="No summary.")
 def fit_cmd(scores_paths, quality, cohort, top_k, cache_path, prior, l2, out_path, quiet):
-    """Fit llr = w . [scores, quality] + b on labeled dev trials; write the model as JSON.
+    """Fit a linear LLR map (calibration, or late fusion of several files) on labeled dev trials.
 
+    The model, llr = w . [scores, quality] + b, is written as JSON with a fingerprint.
     The trials of every --scores file must match line by line (same enrol, test and
     label). Prints the dev Cllr of each input and of the calibrated output.
     """

@@ -157,6 +157,9 @@ def threshold_from_curves(c: ErrorCurves, *, far: float | None = None, frr: floa
     ``far``/``frr``. ``far``/``frr`` in the result are the rates reached there."""
     if (far is None) == (frr is None):
         raise ConfigError("give exactly one of far= and frr=")
+    rate = far if far is not None else frr
+    if not 0.0 <= rate <= 1.0:
+        raise ConfigError(f"operating point rate {rate} is outside [0, 1]", hint="e.g. far=0.01")
     if far is not None:
         j = int(np.argmax(c.pfa <= far))                        # Pfa[m] = 0: always found
     else:

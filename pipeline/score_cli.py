@@ -211,8 +211,9 @@ def evaluate_files(paths: list[str], thresholds=()) -> list[tuple[str, dict, obj
 @click.option("--scores", "scores_paths", required=True, multiple=True, type=click.Path(),
               help="Scores TSV from `avfuse score` (repeat to compare systems on one DET plot).")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print JSON: one object (eer_percent, min_dcf_p0.01, min_dcf_p0.05, n_trials, "
-                   "n_target, n_nontarget); with several --scores, an object per file keyed by path.")
+              help="Print JSON: one object (eer_percent, min_dcf_p0.01, min_dcf_p0.05, act_dcf_p0.01, "
+                   "act_dcf_p0.05, cllr, min_cllr, n_trials, n_target, n_nontarget, and thresholds with "
+                   "--threshold-at); with several --scores, an object per file keyed by path.")
 @click.option("--det-plot", type=click.Path(), default=None,
               help="Write a DET plot (.png/.pdf/.svg): normal-deviate axes, EER points marked.")
 @click.option("--label", "labels", multiple=True,

@@ -177,6 +177,10 @@ def test_operating_point_parsing_and_bad_input():
     for bad in ("fa=1%", "far=150%", "far=", "far=x"):
         with pytest.raises(ConfigError):
             parse_operating_point(bad)
+    with pytest.raises(ConfigError):
+        threshold_at([0.1, 0.2], [1, 0], far=-0.1)
+    with pytest.raises(ConfigError):
+        threshold_at([0.1, 0.2], [1, 0], far=0.1, frr=0.1)
     with pytest.raises(ScoringError, match="both target and non-target"):
         cllr([0.1, 0.2], [1, 1])
     with pytest.raises(ScoringError, match="NaN"):
