@@ -46,7 +46,8 @@ def parse_ints(text: str, what: str) -> list[int] | None:
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for the tables, figures, trained heads and index.html.")
 @click.option("--heads", default="none,score_avg,mean,mlp,multiview,cross_attention,jca,dca", show_default=True,
-              help="Comma-separated systems: 'none' (raw backbones), head names, or head checkpoints (*.pt).")
+              help="Comma-separated systems: 'none' (raw backbones), head names, head checkpoints (*.pt), or "
+                   "'cal_fusion' (A and V cosines fused by logistic regression on --dev-trials; AVxAV cell).")
 @click.option("--modes", default="AxA,VxV,AVxAV,AVxA,AVxV", show_default=True, help="Comma-separated modes.")
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False), default=None,
               help="Folder of trained heads NAME.pt (from `avfuse train`).")

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("pipeline.cli.train", "train_cmd", "Stage 2: train a fusion head on the cached embeddings."),
     "score": ("pipeline.cli.score", "score_cmd", "Score a trial list from the cache in any modality mode."),
     "evaluate": ("pipeline.cli.score", "evaluate_cmd", "EER and minDCF of a scores file, with an optional DET plot."),
+    "calibrate": ("pipeline.cli.calibrate", "calibrate_group", "Calibrate scores to LLRs, or fuse systems (trained late fusion)."),
     "ablate": ("pipeline.cli.ablate", "ablate_cmd", "Head x mode table, missing-modality and clip-length ablations."),
     "analyze": ("pipeline.cli.analyze", "analyze_cmd", "Embedding analysis report: angles, silhouettes, projections, DET."),
 }

@@ -23,14 +23,13 @@ the scores: cache fingerprint, trials sha256, mode, head sha256, norm settings
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from pathlib import Path
 
 import click
 
-from pipeline import __version__
 from pipeline.core.errors import ConfigError, ScoringError
+from pipeline.score.files import build_sidecar
 
 MODE_NAMES = ("AxA", "VxV", "AVxAV", "AVxA", "AVxV")
 PLOT_FORMATS = ("png", "pdf", "svg")
@@ -45,39 +44,13 @@ def _head_info(path: str, head, meta: dict) -> dict:
             "cache_fingerprint": meta.get("cache_fingerprint")}
 
 
-def build_sidecar(*, cache, trials, trials_sha: str, mode: str, result, head_info: dict | None,
-                  skip_missing: bool, force: bool) -> dict:
-    """The provenance sidecar of a scores file (see the module docstring)."""
-    from pipeline.core.config import fingerprint
-    from pipeline.core.modes import MODES
-
-    info = result.info
-    norm = info["norm"]
-    config = {"cache_fingerprint": cache.fingerprint, "trials_sha256": trials_sha, "mode": mode,
-              "head_sha256": head_info["sha256"] if head_info else None,
-              "norm": {k: norm.get(k) for k in ("method", "cohort_cache_fingerprint", "cohort_split",
-                                                "top_k")},
-              "skip_missing": bool(skip_missing)}
-    enrol_use, test_use = MODES[mode]
-    return {
-        "avfuse_version": __version__,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "cache": {"path": str(Path(cache.path).resolve()), "fingerprint": cache.fingerprint},
-        "trials": {"path": str(Path(trials.path).resolve()), "sha256": trials_sha,
-                   "n_trials": int(trials.n_trials), "labeled": bool(trials.labeled)},
-        "mode": mode, "enrol_use": list(enrol_use), "test_use": list(test_use),
-        "channels": info["channels"], "score_kind": info["score_kind"],
-        "head": head_info, "norm": norm, "skip_missing": bool(skip_missing), "force": bool(force),
-        "counts": info["counts"], "timings_s": info.get("timings_s"),
-        "config_fingerprint": fingerprint(config),
-    }
-
-
 @click.command("score", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--cache", "cache_path", required=True, type=click.Path(),
               help="Embedding cache (.zarr / .h5) holding every utterance of the trial list.")
-@click.option("--trials", "trials_path", required=True, type=click.Path(),
-              help="Trial list, 'label enrol test' or 'enrol test' (.txt or .txt.gz).")
+@click.option("--trials", "trials_paths", required=True, multiple=True, type=click.Path(),
+              help="Trial list, 'label enrol test' or 'enrol test' (.txt or .txt.gz). Repeat (with one "
+                   "--out each) to score several lists, e.g. Vox1-O/E/H, in one pass: each utterance "
+                   "is read or embedded once.")
 @click.option("--mode", required=True, type=click.Choice(MODE_NAMES),
               help="Enrol x test modalities. Without --head: A = audio clip embedding, "
                    "V = mean face embedding, AV = mean of the A and V cosine scores; AVxA/AVxV "
@@ -97,13 +70,13 @@ def build_sidecar(*, cache, trials, trials_sha: str, mode: str, result, head_inf
 @click.option("--force", is_flag=True,
               help="Score even if the head was trained on a cache with another fingerprint "
                    "(or the cohort cache comes from other backbones).")
-@click.option("--out", "out_path", required=True, type=click.Path(),
-              help="Scores TSV to write; provenance goes to <out>.json.")
+@click.option("--out", "out_paths", required=True, multiple=True, type=click.Path(),
+              help="Scores TSV to write (one per --trials, in order); provenance goes to <out>.json.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Utterances per head batch.")
 @click.option("--quiet", is_flag=True, help="No progress bars or summary.")
-def score_cmd(cache_path, trials_path, mode, head_path, norm, cohort, top_k, skip_missing, force,
-              out_path, batch_size, quiet):
+def score_cmd(cache_path, trials_paths, mode, head_path, norm, cohort, top_k, skip_missing, force,
+              out_paths, batch_size, quiet):
     """Score a trial list from the embedding cache.
 
     Each unique utterance is read (or embedded through --head) once, then all trials
@@ -127,14 +100,27 @@ def score_cmd(cache_path, trials_path, mode, head_path, norm, cohort, top_k, ski
         raise ConfigError(f"--norm {norm} needs --cohort", hint="e.g. --cohort train")
     if norm == "none" and cohort:
         raise ConfigError("--cohort given without --norm", hint="add --norm snorm or --norm asnorm")
+    if len(trials_paths) != len(out_paths):
+        raise ConfigError(f"{len(trials_paths)} --trials but {len(out_paths)} --out",
+                          hint="give one --out per --trials, in the same order")
     cache = open_cache(cache_path)
-    trials = read_trials(trials_path)
     head = head_info = meta = None
     if head_path:
         from fusion.checkpoint import check_provenance, load_head
         head, meta = load_head(head_path)
         check_provenance(meta, cache, force=force, path=head_path)
         head_info = _head_info(head_path, head, meta)
+    if len(trials_paths) > 1:
+        from pipeline.score.multi import score_lists
+        done = score_lists(cache, trials_paths, out_paths, mode, head=head, head_meta=meta, head_info=head_info,
+                           norm=norm, cohort=cohort, top_k=top_k, skip_missing=skip_missing, force=force,
+                           batch_size=batch_size, progress=not quiet)
+        for tp, op, sc in ([] if quiet else done):
+            m = compute_metrics(sc.scores, sc.labels) if sc.labeled and 0 < sc.labels.sum() < len(sc) else None
+            click.echo(f"{tp}: {len(sc):,} trials -> {op}" + (f"  {_format_metrics(m)}" if m else ""))
+        return
+    trials_path, out_path = trials_paths[0], out_paths[0]
+    trials = read_trials(trials_path)
     result = score_from_cache(cache, trials, mode, head=head, head_meta=meta, norm=norm, cohort=cohort,
                               top_k=top_k, skip_missing=skip_missing, force=force, batch_size=batch_size,
                               progress=not quiet)
@@ -157,18 +143,22 @@ def score_cmd(cache_path, trials_path, mode, head_path, norm, cohort, top_k, ski
 
 
 def _format_metrics(m: dict, name: str | None = None) -> str:
+    from pipeline.report.evaluation import llr_text
     head = f"{name}: " if name else ""
     return (f"{head}EER {m['eer_percent']:.3f}%  minDCF(p=0.01) {m['min_dcf_p0.01']:.4f}  "
-            f"minDCF(p=0.05) {m['min_dcf_p0.05']:.4f}  trials {m['n_trials']:,} "
+            f"minDCF(p=0.05) {m['min_dcf_p0.05']:.4f}{llr_text(m)}  trials {m['n_trials']:,} "
             f"({m['n_target']:,} target, {m['n_nontarget']:,} non-target)")
 
 
-JSON_KEYS = ("eer_percent", "min_dcf_p0.01", "min_dcf_p0.05", "n_trials", "n_target", "n_nontarget")
+JSON_KEYS = ("eer_percent", "min_dcf_p0.01", "min_dcf_p0.05", "act_dcf_p0.01", "act_dcf_p0.05", "cllr",
+             "min_cllr", "n_trials", "n_target", "n_nontarget")
 
 
-def evaluate_files(paths: list[str]) -> list[tuple[str, dict, object]]:
-    """``[(path, metrics, ErrorCurves)]`` for scores files; unlabeled -> ``ScoringError``."""
+def evaluate_files(paths: list[str], thresholds=()) -> list[tuple[str, dict, object]]:
+    """``[(path, metrics, ErrorCurves)]`` for scores files; unlabeled -> ``ScoringError``.
+    ``thresholds``: ``eval_report.parse_thresholds`` specs, answered in ``metrics["thresholds"]``."""
     from pipeline.core.metrics import compute_metrics, error_curves
+    from pipeline.report.evaluation import extend_metrics
     from pipeline.score.files import read_scores
 
     out = []
@@ -182,6 +172,7 @@ def evaluate_files(paths: list[str]) -> list[tuple[str, dict, object]]:
         try:
             m = compute_metrics(s.scores, s.labels)
             c = error_curves(s.scores, s.labels)
+            extend_metrics(m, s.scores, s.labels, c, thresholds)
         except ScoringError as e:
             raise ScoringError(e.message, path=p, hint=e.hint) from None
         out.append((p, m, c))
@@ -192,15 +183,26 @@ def evaluate_files(paths: list[str]) -> list[tuple[str, dict, object]]:
 @click.option("--scores", "scores_paths", required=True, multiple=True, type=click.Path(),
               help="Scores TSV from `avfuse score` (repeat to compare systems on one DET plot).")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print JSON: one object (eer_percent, min_dcf_p0.01, min_dcf_p0.05, n_trials, "
-                   "n_target, n_nontarget); with several --scores, an object per file keyed by path.")
+              help="Print JSON: one object (eer_percent, min_dcf_p0.01, min_dcf_p0.05, act_dcf_p0.01, "
+                   "act_dcf_p0.05, cllr, min_cllr, n_trials, n_target, n_nontarget, and thresholds with "
+                   "--threshold-at); with several --scores, an object per file keyed by path.")
 @click.option("--det-plot", type=click.Path(), default=None,
               help="Write a DET plot (.png/.pdf/.svg): normal-deviate axes, EER points marked.")
 @click.option("--label", "labels", multiple=True,
               help="Curve name per --scores, in order (default: the file name).")
 @click.option("--title", default="DET curve", show_default=True, help="DET plot title.")
-def evaluate_cmd(scores_paths, as_json, det_plot, labels, title):
-    """EER (%) and normalised minDCF (Cmiss = Cfa = 1, p_target 0.01 and 0.05) of scores files.
+@click.option("--threshold-at", "threshold_at", multiple=True, metavar="far=1%|frr=X",
+              help="Also print the score threshold (accept if score > it) at this false-acceptance or "
+                   "false-rejection rate, e.g. far=1% or frr=0.05 (repeatable).")
+@click.option("--by-list", is_flag=True,
+              help="Print systems x trial lists (e.g. Vox1-O/E/H as papers do): EER and minDCF(p=0.05) per "
+                   "list. Name each file SYSTEM:LIST with --label, or let the sidecars name them.")
+def evaluate_cmd(scores_paths, as_json, det_plot, labels, title, threshold_at, by_list):
+    """EER (%), normalised minDCF and actDCF (Cmiss = Cfa = 1, p_target 0.01 and 0.05), Cllr and
+    minCllr of scores files; several --scores give one table.
+
+    actDCF and Cllr read the scores as log-likelihood ratios (Bayes threshold
+    log((1-p)/p)): meaningful after `avfuse calibrate apply`, not for raw cosines.
 
     Thresholds lie between distinct scores (tied trials are accepted or rejected
     together); the EER interpolates linearly between the two operating points that
@@ -214,14 +216,24 @@ def evaluate_cmd(scores_paths, as_json, det_plot, labels, title):
     if det_plot and Path(det_plot).suffix.lower().lstrip(".") not in PLOT_FORMATS:
         raise ConfigError(f"unsupported plot format {Path(det_plot).suffix or '(none)'}", path=det_plot,
                           hint=f"name the plot *.{' / *.'.join(PLOT_FORMATS)}")
-    results = evaluate_files(list(scores_paths))
+    from pipeline.report.evaluation import parse_thresholds, results_table, threshold_lines
+    results = evaluate_files(list(scores_paths), parse_thresholds(threshold_at))
     if as_json:
-        objs = {p: {k: m[k] for k in JSON_KEYS} for p, m, _ in results}
+        keys = JSON_KEYS + (("thresholds",) if threshold_at else ())
+        objs = {p: {k: m[k] for k in keys} for p, m, _ in results}
         obj = next(iter(objs.values())) if len(objs) == 1 else objs
         click.echo(json.dumps(obj, indent=None, sort_keys=False))
+    elif by_list:
+        from pipeline.report.evaluation import by_list_table, list_entry
+        click.echo(by_list_table([(*list_entry(p, labels[i] if labels else None), m)
+                                  for i, (p, m, _) in enumerate(results)]))
+    elif len(results) == 1:
+        click.echo(_format_metrics(results[0][1]))
+        for line in threshold_lines(results[0][1]):
+            click.echo(line)
     else:
-        for p, m, _ in results:
-            click.echo(_format_metrics(m, p if len(results) > 1 else None))
+        names = list(labels) if labels else [p for p, _, _ in results]
+        click.echo(results_table([(n, m) for n, (_, m, _) in zip(names, results)]))
     if det_plot:
         names = list(labels) if labels else [Path(p).name for p, _, _ in results]
         plot_det([(n, c) for n, (_, _, c) in zip(names, results)], det_plot, title=title)

@@ -9,7 +9,9 @@ cache once), and evaluated by ``pipeline.core.metrics.compute_metrics`` (the cod
 Parts (all on the labelled trial list ``trials``):
 
 (a) ``table``: EER (%), minDCF (p=0.01, 0.05) for every system x mode. Systems: ``none``
-    (raw backbone embeddings) and fusion heads (``pipeline.experiments.systems``).
+    (raw backbone embeddings) and fusion heads (``pipeline.experiments.systems``); ``cal_fusion``
+    adds the calibrated late fusion of the A and V cosines fitted on ``dev_trials``, one
+    AVxAV cell (``pipeline.experiments.late_fusion``).
 (b) ``missing``: a share p of the trial list's clips that have both modalities loses the
     face (or, in the second panel, the audio) on both sides of every trial, scored in
     AVxAV. The clips are the first ``round(p n)`` of one seeded permutation (nested
@@ -128,6 +130,10 @@ def run_ablation(cache, trials, heads: Sequence[str] = DEFAULT_HEADS, modes: Seq
     notes: list[str] = []
 
     # systems (load or train), training from one in-memory copy of the split
+    from pipeline.experiments.late_fusion import LABEL as CAL_FUSION
+    cal_fusion, heads = CAL_FUSION in heads, [h for h in heads if h != CAL_FUSION]
+    if cal_fusion and dev_trials is None:
+        raise ConfigError(f"system {CAL_FUSION} needs --dev-trials", hint="pass a labelled dev list to fit it on")
     from fusion.registry import get_head
     for h in heads:
         if h != "none" and not str(h).endswith(".pt"):
@@ -173,6 +179,12 @@ def run_ablation(cache, trials, heads: Sequence[str] = DEFAULT_HEADS, modes: Seq
 
     try:
         table = [cell(view, mode, s) for s in systems for mode in modes]
+        if cal_fusion and "AVxAV" in modes:   # calibrated late fusion (A + V): pipeline.experiments.late_fusion
+            from pipeline.experiments.late_fusion import fusion_cell
+            row, cal_info = fusion_cell(cache, view, dev_trials, trials)
+            table.append(row)
+            notes.append(f"{CAL_FUSION}: {cal_info['kind']} fitted on {cal_info['dev_trials']}, "
+                         f"weights (wA, wV, b) {cal_info['weights']['AV']}")
         plain = {(r["system"], r["mode"]): r for r in table}
 
         miss_rows = []

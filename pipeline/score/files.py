@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pipeline import __version__
 from pipeline.core.errors import ScoringError
 from pipeline.core.fsio import atomic_write_json, atomic_write_text
 
@@ -111,3 +113,31 @@ def _find_bad_line(lines: list[bytes], path: Path, first: int) -> None:
             raise ScoringError(f"score is not a number: {parts[3][:30].decode(errors='replace')!r}",
                                path=path, line=i) from None
     raise ScoringError("malformed scores file", path=path)
+
+
+def build_sidecar(*, cache, trials, trials_sha: str, mode: str, result, head_info: dict | None,
+                  skip_missing: bool, force: bool) -> dict:
+    """The provenance sidecar of a scores file (see the module docstring)."""
+    from pipeline.core.config import fingerprint
+    from pipeline.core.modes import MODES
+
+    info = result.info
+    norm = info["norm"]
+    config = {"cache_fingerprint": cache.fingerprint, "trials_sha256": trials_sha, "mode": mode,
+              "head_sha256": head_info["sha256"] if head_info else None,
+              "norm": {k: norm.get(k) for k in ("method", "cohort_cache_fingerprint", "cohort_split",
+                                                "top_k")},
+              "skip_missing": bool(skip_missing)}
+    enrol_use, test_use = MODES[mode]
+    return {
+        "avfuse_version": __version__,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "cache": {"path": str(Path(cache.path).resolve()), "fingerprint": cache.fingerprint},
+        "trials": {"path": str(Path(trials.path).resolve()), "sha256": trials_sha,
+                   "n_trials": int(trials.n_trials), "labeled": bool(trials.labeled)},
+        "mode": mode, "enrol_use": list(enrol_use), "test_use": list(test_use),
+        "channels": info["channels"], "score_kind": info["score_kind"],
+        "head": head_info, "norm": norm, "skip_missing": bool(skip_missing), "force": bool(force),
+        "counts": info["counts"], "timings_s": info.get("timings_s"),
+        "config_fingerprint": fingerprint(config),
+    }
