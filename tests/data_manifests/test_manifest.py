@@ -9,9 +9,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data_manifests.manifest import (ClipRecord, ManifestWriter, SplitAssigner, SplitSource, check_manifest,
-                                     iter_manifest, manifest_fingerprint, read_manifest, write_manifest)
-from pipeline.errors import ManifestError
+from data_manifests import (
+    ClipRecord,
+    ManifestWriter,
+    SplitAssigner,
+    check_manifest,
+    iter_manifest,
+    manifest_fingerprint,
+    read_manifest,
+    write_manifest,
+)
+from data_manifests.splits import SplitSource
+from pipeline.core import ManifestError
 
 
 def rec(i: int, **kw) -> ClipRecord:

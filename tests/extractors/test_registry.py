@@ -10,23 +10,24 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
+from extractors import (
+    BackboneEntry,
+    InputSpec,
+    get_backbone,
+    list_backbones,
+    load_backbone,
+    read_checkpoint,
+    register_backbone,
+)
 from extractors import checkpoints as ck
-from extractors.checkpoints import count_params
-from extractors.cli import backbones_cmd, measure_gmacs
-from extractors.registry import (BackboneEntry, InputSpec, get_backbone, list_backbones, load_backbone,
-                                 read_checkpoint, register_backbone)
-from pipeline.errors import BackboneError
+from extractors.counting import count_params
+from pipeline.cli.backbones import backbones_cmd, measure_gmacs
+from pipeline.core import BackboneError
 
 AUDIO = {"ge2e_lstm": 256, "ecapa_tdnn": 192, "ecapa_tdnn_c512": 192, "resnet34": 256, "mobilenetv2_mel": 256}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core box two threads contend and run ~5x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
@@ -199,7 +200,7 @@ def test_backbones_cli_help():
 
 
 def test_measure_gmacs_counts_lstm_and_projections():
-    from extractors.audio_ge2e import partial_starts
+    from extractors.audio.ge2e import partial_starts
 
     entry = get_backbone("ge2e_lstm")
     torch.manual_seed(0)

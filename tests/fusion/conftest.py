@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,8 +29,8 @@ TOY_SYNTH = {"speakers": 150, "videos_per_speaker": 2, "clips_per_video": 2, "se
              "split_fractions": (0.6, 0.1, 0.3)}
 TOY_EXTRACT = {"audio_backbone": "ge2e_lstm", "audio_weights": "pretrained", "face_backbone": "iresnet18",
                "face_weights": "random", "segments": 8, "frames": 8, "shard_size": 64, "seed": 0}
-SOURCES = ["data_manifests/synth*.py", "data_manifests/manifest.py", "data_manifests/trials.py",
-           "extractors/*.py", "pipeline/extract*.py", "pipeline/cache*.py"]
+SOURCES = ["data_manifests/synth/*.py", "data_manifests/manifest.py", "data_manifests/trials*.py",
+           "extractors/**/*.py", "pipeline/extract/**/*.py", "pipeline/cache/**/*.py"]
 
 
 @dataclass(frozen=True)
@@ -62,8 +61,7 @@ def build_toy_cache(root: Path) -> ToyCache:
     """Synthesize + extract into ``root`` (resumes / reuses a complete earlier build)."""
     from data_manifests.synth import synthesize
     from pipeline.cache import open_cache
-    from pipeline.extract import run_extract
-    from pipeline.extract_shard import ExtractConfig
+    from pipeline.extract import ExtractConfig, run_extract
 
     corpus, cache_path = root / "corpus", root / "toy.zarr"
     if not (corpus / "manifest.jsonl").exists():
@@ -90,12 +88,8 @@ def toy_cache(tmp_path_factory) -> ToyCache:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models on a shared 2-core box: one thread avoids oversubscription stalls.
-
-    Module-scoped so that it is in force before the modules' own module fixtures
-    (trained heads) are built, and restored after each module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_torch_thread(one_thread):
+    """Every fusion module runs with one torch thread (``one_thread`` of ``tests/conftest.py``):
+    autouse, so that it is in force before the modules' own module fixtures (trained heads)
+    are built."""
     yield
-    torch.set_num_threads(before)

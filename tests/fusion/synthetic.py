@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fusion.batch import EmbeddingBatch
+from fusion import EmbeddingBatch
 
 
 def make_arrays(n_ids: int = 12, clips_per_id: int = 10, da: int = 24, dv: int = 32, steps: int = 8,

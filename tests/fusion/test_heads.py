@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from fusion.batch import EmbeddingBatch
-from fusion.losses import AAMSoftmax, SoftmaxLoss, make_loss
-from fusion.registry import build_head, check_provenance, get_head, list_heads, load_head, save_head
-from pipeline.errors import ConfigError, HeadError
+from fusion import EmbeddingBatch, build_head, check_provenance, get_head, list_heads, load_head, make_loss, save_head
+from fusion.losses import AAMSoftmax, SoftmaxLoss
+from pipeline.core import ConfigError, HeadError
 from tests.fusion.synthetic import make_arrays, to_batch
 
 ALL_HEADS = ["score_avg", "mean", "mlp", "multiview", "cross_attention", "jca", "dca"]
@@ -168,7 +167,7 @@ def test_mean_head_averages_available_modalities(data):
 def test_score_avg_dot_equals_fused_znorm_score(data):
     b, labels = data
     h = small_head("score_avg")
-    from fusion.dev import pseudo_dev_set
+    from fusion import pseudo_dev_set
     dev = pseudo_dev_set(b, labels, n_pairs=400, seed=0)
     info = h.calibrate(b, dev.enrol_idx, dev.test_idx, dev.labels)
     assert 0.0 <= info["w"] <= 1.0 and 0.0 <= info["dev_eer"] <= 0.5
@@ -191,7 +190,8 @@ def test_score_avg_dot_equals_fused_znorm_score(data):
 
 
 def test_input_norm_centres_and_scales():
-    from fusion.heads import InputNorm, spaced_rows
+    from fusion.heads import InputNorm
+    from fusion.heads.base import spaced_rows
     torch.manual_seed(0)
     x = torch.randn(500, 16) + 8.0 * torch.ones(16)     # a large common direction, as backbone outputs have
     n = InputNorm(16)
@@ -255,7 +255,7 @@ def test_save_load_identical_embeddings(name, data, tmp_path):
     h = small_head(name, seed=5)
     h.fit_inputs(b)
     if name == "score_avg":
-        from fusion.dev import pseudo_dev_set
+        from fusion import pseudo_dev_set
         d = pseudo_dev_set(b, labels, n_pairs=200)
         h.calibrate(b, d.enrol_idx, d.test_idx, d.labels)
     path = tmp_path / f"{name}.pt"
@@ -305,7 +305,7 @@ def test_check_provenance():
 
 # ------------------------------------------------------------------------ CLI
 def test_heads_cli_json():
-    from fusion.cli import heads_cmd
+    from pipeline.cli.train import heads_cmd
     r = CliRunner().invoke(heads_cmd, ["--json", "--clips", "50", "--repeats", "1", "--audio-dim", "32",
                                        "--face-dim", "48"])
     assert r.exit_code == 0, r.output

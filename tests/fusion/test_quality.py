@@ -29,11 +29,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_manifests.trials import read_trials, write_trials
-from fusion.registry import load_head, save_head
-from fusion.trainer import TrainConfig, checkpoint_meta, train_head
-from pipeline.metrics import eer
-from pipeline.scoring import score_from_cache
+from data_manifests import read_trials, write_trials
+from fusion import TrainConfig, load_head, save_head
+from pipeline.core import eer
+from pipeline.score import score_from_cache
+from pipeline.train import checkpoint_meta, train_head
 
 TRAINED = ("mean", "mlp", "multiview", "cross_attention", "jca", "dca")
 MUST_REACH_SCORE_AVG = ("mean", "mlp", "dca")

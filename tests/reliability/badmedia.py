@@ -18,24 +18,30 @@ Expected outcome of a clip (``Expect``)
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from data_manifests.manifest import ClipRecord, read_manifest, write_manifest
-from data_manifests.synth_media import add_aac_stream, encode_aac
+from data_manifests import ClipRecord, read_manifest, write_manifest
+from tests.reliability.media_writers import (  # noqa: F401 (re-exported for the report)
+    SR,
+    _resample,
+    decode_mono16k,
+    face_frames,
+    write_image,
+    write_m4a,
+    write_mp4,
+    write_wav,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 #: a folder name with spaces and non-ASCII characters: every bad file lives under it
 MEDIA_DIR = "bad media ünïcödé 名前"
 LONG_SECONDS = 600.0          # the 10-minute clips
-SR = 16000
 
 # ============================================================================ expectations
 @dataclass(frozen=True)
@@ -64,93 +70,6 @@ DA, DF = ("decode", "audio"), ("decode", "face")
 
 def _fails(*pairs) -> frozenset:
     return frozenset(pairs)
-
-
-# ============================================================================ media writers
-def write_wav(path: Path, audio: np.ndarray, sr: int) -> Path:
-    """PCM16 WAV; ``audio`` (T,) mono or (T, C)."""
-    import soundfile as sf
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.clip(audio, -1, 1), sr, subtype="PCM_16", format="WAV")
-    return path
-
-
-def _add_aac(container, audio: np.ndarray, sr: int):
-    """An AAC stream for ``audio`` (mono or stereo), the fast coder, the encoder's default bit rate."""
-    return add_aac_stream(container, sr, 1 if audio.ndim == 1 else audio.shape[1], bit_rate=None,
-                          options={"aac_coder": "fast"})
-
-
-def write_m4a(path: Path, audio: np.ndarray, sr: int) -> Path:
-    """AAC in an .m4a (mono or stereo, any rate)."""
-    import av
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format="ipod") as c:
-        encode_aac(c, _add_aac(c, audio, sr), audio, sr)
-    return path
-
-
-def write_mp4(path: Path, frames: np.ndarray | None, fps: int = 25, audio: np.ndarray | None = None,
-              sr: int = SR, faststart: bool = False) -> Path:
-    """H.264 video (``frames`` uint8 (N, H, W, 3), None: no video track) and/or an AAC track."""
-    import av
-    path.parent.mkdir(parents=True, exist_ok=True)
-    opts = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), "w", format="mp4", options=opts) as c:
-        vs = None
-        if frames is not None:  # all streams are added before the first packet is muxed
-            n, h, w, _ = frames.shape
-            vs = c.add_stream("libx264", rate=fps)
-            vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-            vs.codec_context.options = {"preset": "ultrafast", "threads": "1"}
-        ast = _add_aac(c, audio, sr) if audio is not None else None
-        if vs is not None:
-            for i in range(len(frames)):
-                fr = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")
-                fr.pts, fr.time_base = i, Fraction(1, fps)
-                for p in vs.encode(fr):
-                    c.mux(p)
-            for p in vs.encode(None):
-                c.mux(p)
-        if ast is not None:
-            encode_aac(c, ast, audio, sr)
-    return path
-
-
-def write_image(path: Path, rgb: np.ndarray, mode: str = "RGB", fmt: str = "JPEG") -> Path:
-    """An image file from uint8 RGB, converted to PIL ``mode`` (L, CMYK...) and saved as ``fmt``
-    whatever the file's extension says (PNG bytes in a ``.jpg`` ...)."""
-    from PIL import Image
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb).convert(mode).save(path, format=fmt)
-    return path
-
-
-def face_frames(n: int, size: int = 96, seed: int = 0) -> np.ndarray:
-    """``n`` smooth, face-sized RGB frames (a bright ellipse on a textured background)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    base = np.stack([0.4 + 0.3 * np.sin(6 * xx + c) * np.cos(5 * yy) for c in range(3)], -1)
-    out = np.empty((n, size, size, 3), np.uint8)
-    for i in range(n):
-        cx, cy = 0.5 + 0.05 * np.sin(i / 5), 0.5 + 0.05 * np.cos(i / 7)
-        face = (((xx - cx) / 0.28) ** 2 + ((yy - cy) / 0.36) ** 2) < 1
-        img = base.copy()
-        img[face] = (0.85, 0.65, 0.55)
-        img += rng.normal(0, 0.02, img.shape)
-        out[i] = np.clip(img * 255, 0, 255).astype(np.uint8)
-    return out
-
-
-def decode_mono16k(path: str) -> np.ndarray:
-    from extractors.decode import load_audio
-    return load_audio(path, SR)
-
-
-def _resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
-    from scipy.signal import resample_poly
-    g = np.gcd(src, dst)
-    return resample_poly(x, dst // g, src // g).astype(np.float32)
 
 
 # ============================================================================ cases
@@ -418,99 +337,3 @@ def _relative(r: ClipRecord, root: Path) -> ClipRecord:
     ch = {f: os.path.relpath(getattr(r, f), root) for f in ("audio_path", "video_path", "frames_dir")
           if getattr(r, f) is not None}
     return dataclasses.replace(r, **ch)
-
-
-@dataclass
-class Outcome:
-    """What a cache holds for a corpus: ``rows`` (one per clip: ``clip_id, case, has_audio,
-    has_face, fails, problems``), ``problems`` (everything not as expected, known bugs left
-    out), ``bug_problems`` (the same for the cases marked as known bugs)."""
-    rows: list[dict]
-    problems: list[str]
-    bug_problems: list[str]
-
-
-def check_outcomes(cache_path: Path, corpus: Corpus) -> Outcome:
-    """Compare a complete cache of ``corpus`` with the expectations: per clip the flags, the
-    exact failure records (stage, modality, message), finite non-zero vectors for every
-    present modality (all segments, every valid frame), all-zero ones for an absent one,
-    and the cases' extra checks; for the cache: complete, ``verify`` clean, ids unique
-    and equal to the manifest's."""
-    from pipeline.cache import open_cache
-    expect = corpus.expect()
-    with open_cache(cache_path) as c:
-        ids = c.ids.tolist()
-        A = {n: c.to_numpy(n) for n in c.names}
-        lines = [json.loads(x) for x in Path(c.failures_path).read_text().splitlines()]
-        problems = [] if c.is_complete else [f"cache incomplete: {len(c.done_shards())}/{c.n_shards}"]
-        problems += [f"verify: {p}" for p in c.verify()]
-    got: dict[str, list[dict]] = {}
-    for f in lines:
-        got.setdefault(f["clip_id"], []).append(f)
-    if len(ids) != len(set(ids)):
-        problems.append("duplicate ids in the cache")
-    if set(ids) != set(expect):
-        problems.append(f"ids missing: {sorted(set(expect) - set(ids))[:3]}, "
-                        f"extra: {sorted(set(ids) - set(expect))[:3]}")
-    if ids != [r.clip_id for r in corpus.records]:
-        problems.append("cache rows are not in manifest order")
-    rows, bug_problems = [], []
-    for i, cid in enumerate(ids):
-        e = expect.get(cid)
-        if e is None:
-            continue
-        case = corpus.case(cid)
-        mine: list[str] = []
-        fails = got.get(cid, [])
-        pairs = {(f["stage"], f["modality"]) for f in fails}
-        ha, hf = bool(A["has_audio"][i]), bool(A["has_face"][i])
-        if (ha, hf) != (e.audio, e.face):
-            mine.append(f"{cid}: has_audio/has_face {ha}/{hf}, expected {e.audio}/{e.face}")
-        if pairs != set(e.fails):
-            mine.append(f"{cid}: failures {sorted(pairs)}, expected {sorted(e.fails)}")
-        if len(fails) != len(pairs):
-            mine.append(f"{cid}: {len(fails)} failure lines for {len(pairs)} (stage, modality) pairs")
-        for f in fails:
-            if e.error and e.error not in f["error"]:
-                mine.append(f"{cid}: error {f['error']!r} does not mention {e.error!r}")
-            if "Traceback" in f["error"] or "\n" in f["error"]:
-                mine.append(f"{cid}: error is not one line: {f['error'][:200]!r}")
-        for flag, names in ((ha, ("audio/clip", "audio/segments")), (hf, ("face/clip", "face/frames"))):
-            for n in names:
-                v = A[n][i]
-                if not np.isfinite(v).all():
-                    mine.append(f"{cid}: {n} not finite")
-                elif flag:
-                    norms = np.linalg.norm(v.reshape(-1, v.shape[-1]), axis=1)
-                    valid = A["face/frame_valid"][i] if n == "face/frames" else np.ones(len(norms), bool)
-                    if not (norms[valid] > 0).all():
-                        mine.append(f"{cid}: {n} has zero-norm vectors")
-                elif np.any(v):
-                    mine.append(f"{cid}: {n} not all zero though the modality is absent")
-        dur, sv, fv = float(A["duration"][i]), A["audio/segment_valid"][i], A["face/frame_valid"][i]
-        for chk in (case.checks if case else ()):
-            if chk == "short" and not (abs(dur - 0.2) < 1e-3 and not sv.any()):
-                mine.append(f"{cid}: 0.2 s clip: duration {dur}, segment_valid {sv.tolist()}")
-            if chk == "long" and not (abs(dur - corpus.long_seconds) < 0.01 and sv.all()):
-                mine.append(f"{cid}: long clip: duration {dur}, segment_valid {sv.tolist()}")
-            if chk == "frames_valid" and not fv.all():
-                mine.append(f"{cid}: frame_valid {fv.tolist()}, expected all True")
-            if chk in ("mixdown", "duration3") and not abs(dur - 3 * _toy_seconds(corpus)) < 0.1:
-                mine.append(f"{cid}: duration {dur:.3f} s, expected {3 * _toy_seconds(corpus):.3f} s")
-            if chk == "same_as_toy":
-                j = ids.index(corpus.toy[0].clip_id)
-                for n in ("audio/clip", "face/clip"):
-                    if not np.allclose(A[n][i], A[n][j], atol=1e-3):
-                        mine.append(f"{cid}: {n} differs from the same media under an ASCII path")
-        (bug_problems if case is not None and case.bug else problems).extend(mine)
-        rows.append({"clip_id": cid, "case": case.name if case else "toy", "has_audio": ha, "has_face": hf,
-                     "duration": round(dur, 3), "fails": sorted(f"{s}/{m}" for s, m in pairs),
-                     "problems": mine})
-    return Outcome(rows, problems, bug_problems)
-
-
-def _toy_seconds(corpus: Corpus) -> float:
-    """Mean decoded length of the first three toy clips (the voice the odd files are made of)."""
-    if not hasattr(corpus, "_toy3"):
-        corpus._toy3 = sum(len(decode_mono16k(r.audio_path)) for r in corpus.toy[:3]) / SR / 3
-    return corpus._toy3

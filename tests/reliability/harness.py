@@ -1,4 +1,4 @@
-"""The running side of the reliability suite, shared by the tests and ``make_report.py``:
+"""The running side of the reliability suite, shared by the tests and ``benchmarks/reliability_report.py``:
 the suite's extraction settings (as CLI flags and as an ``ExtractConfig``), the fault
 corpus and its uninterrupted reference cache, cache reading and comparison, and running
 ``avfuse`` in a subprocess (exit status, output, peak memory) or in this process.
@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_manifests.manifest import read_manifest
-from tests.reliability.badmedia import (MEDIA_DIR, REPO, Corpus, _few_cases_expect, build_corpus,
-                                        toy_corpus)
+from data_manifests import read_manifest
+from tests.reliability.badmedia import MEDIA_DIR, REPO, Corpus, _few_cases_expect, build_corpus, toy_corpus
 
 #: the extraction settings of the whole suite (random weights: no download, seeded)
 BACKBONES = dict(audio_backbone="ge2e_lstm", audio_weights="random",
@@ -27,9 +26,9 @@ SUITE_CFG = dict(segments=4, frames=2, min_segment_seconds=0.5, dtype="float16")
 
 def pretrained_audio() -> bool:
     """Whether ge2e_lstm's real weights (resemblyzer's ``pretrained.pt``) are installed."""
-    from pipeline.errors import BackboneError
+    from pipeline.core import BackboneError
     try:
-        from extractors.audio_ge2e import pretrained_path
+        from extractors.audio.ge2e import pretrained_path
         return pretrained_path().is_file()
     except BackboneError:
         return False
@@ -73,7 +72,7 @@ def fault_corpus(base: Path, suffix: str = ".zarr") -> tuple[Corpus, Path]:
         corpus = build_corpus(root, toy, cases="few")
     ref = root / f"reference{suffix}"
     from pipeline.cache import open_cache
-    from pipeline.errors import CacheError
+    from pipeline.core import CacheError
     try:
         with open_cache(ref) as c:
             complete = c.is_complete
@@ -81,6 +80,7 @@ def fault_corpus(base: Path, suffix: str = ".zarr") -> tuple[Corpus, Path]:
         complete = False
     if not complete:
         import torch
+
         from pipeline.extract import run_extract
         n = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -110,7 +110,7 @@ def read_cache(path: Path) -> dict:
 def compare_caches(ref: Path, other: Path) -> list[str]:
     """Differences between two caches (empty = the same): ids (order, no duplicate, none
     missing), every array (bools equal, floats allclose), failures file text."""
-    from pipeline.errors import CacheError
+    from pipeline.core import CacheError
     a = read_cache(ref)
     try:
         b = read_cache(other)
@@ -139,7 +139,7 @@ def compare_caches(ref: Path, other: Path) -> list[str]:
 def lost_clips(ref: Path, other: Path) -> int:
     """Clips of ``ref`` that ``other`` lost: ids missing (or unreadable), or present with other
     has_audio/has_face flags or embeddings not allclose to the reference's."""
-    from pipeline.errors import CacheError
+    from pipeline.core import CacheError
     a = read_cache(ref)
     try:
         b = read_cache(other)

@@ -16,8 +16,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.reliability.badmedia import (LONG_SECONDS, Corpus, build_corpus, check_outcomes, toy_corpus)
-from tests.reliability.harness import (cli_flags, avfuse_here, cosine, pretrained_audio, run_avfuse)
+from tests.reliability.badmedia import LONG_SECONDS, Corpus, build_corpus, toy_corpus
+from tests.reliability.harness import avfuse_here, cli_flags, cosine, pretrained_audio, run_avfuse
+from tests.reliability.outcomes import check_outcomes
 
 #: generous bound on the peak RSS of the extraction process (torch + two backbones ~ 0.6-1 GiB;
 #: decoding a 10-minute 25 fps video whole at 112x112 would add ~1.7 GiB, at 224x224 ~7 GiB)

@@ -26,10 +26,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from data_manifests.manifest import ClipRecord, read_manifest, write_manifest
-from tests.reliability.badmedia import (REPO, toy_corpus)
-from tests.reliability.harness import (avfuse_here, child_env, cli_flags, fault_corpus, one_line_error,
-                                       run_avfuse)
+from data_manifests import ClipRecord, read_manifest, write_manifest
+from tests.reliability.badmedia import REPO, toy_corpus
+from tests.reliability.harness import avfuse_here, child_env, cli_flags, fault_corpus, one_line_error, run_avfuse
 
 LONG_ID = "id00001/" + "x" * 10_000 + "/00001"
 
@@ -94,8 +93,8 @@ def run_malicious_checkpoints(work: Path, base: Path) -> list[dict]:
                      "marker_written": marker.exists(), "clean_error": one_line_error(proc),
                      "cache_created": cache.exists()})
     # load_head in this process, and avfuse score --head in a subprocess
-    from fusion.registry import load_head
-    from pipeline.errors import HeadError
+    from fusion import load_head
+    from pipeline.core import HeadError
     marker = work / "marker-load-head"
     evil = make_evil_checkpoint(work / "evil-head.pt", marker)
     try:
@@ -114,11 +113,6 @@ def run_malicious_checkpoints(work: Path, base: Path) -> list[dict]:
                  "error": _error_text(proc.stderr), "marker_written": marker.exists(),
                  "clean_error": one_line_error(proc), "cache_created": (work / "scores.tsv").exists()})
     return rows
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "reliability-toy"
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +225,7 @@ def run_long_ids(work: Path, cache: Path) -> SimpleNamespace:
     naming it is scored; a list naming an unknown 10k-char id fails with one bounded line,
     or is scored with --skip-missing."""
     work.mkdir(parents=True, exist_ok=True)
-    from data_manifests.trials import read_trials
+    from data_manifests import read_trials
     from pipeline.cache import open_cache
     with open_cache(cache) as c:
         ids = [i for i in c.ids.tolist() if not i.startswith("idout/")]
@@ -329,7 +323,7 @@ def _probe_headers(src: str, work: str) -> None:  # runs in a subprocess (see pr
     import traceback
 
     from pipeline.cache import open_cache
-    from pipeline.errors import CacheError
+    from pipeline.core import CacheError
     base = json.loads((Path(src) / "zarr.json").read_text())
     out = {}
     for i, (name, edit) in enumerate(odd_header_variants().items()):
