@@ -80,6 +80,20 @@ def write_m4a(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
         encode_aac(container, stream, audio, sample_rate)
 
 
+def encode_frames(container, stream, frames: np.ndarray, fps: int) -> None:
+    """Encode uint8 ``(N, H, W, 3)`` RGB frames into a video ``stream`` of ``container`` and flush it."""
+    import av
+
+    for i in range(len(frames)):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")
+        frame.pts = i
+        frame.time_base = Fraction(1, fps)
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode(None):
+        container.mux(packet)
+
+
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int, audio: np.ndarray | None = None,
               sample_rate: int = 16000) -> None:
     """H.264 (yuv420p) video at ``fps`` plus, if ``audio`` is given, an AAC track.
@@ -100,14 +114,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int, audio: np.ndarray 
         vstream.codec_context.options = dict(X264_OPTIONS)
         vstream.codec_context.time_base = Fraction(1, fps)
         astream = add_aac_stream(container, sample_rate) if audio is not None else None
-        for i in range(n):
-            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, fps)
-            for packet in vstream.encode(frame):
-                container.mux(packet)
-        for packet in vstream.encode(None):
-            container.mux(packet)
+        encode_frames(container, vstream, frames, fps)
         if astream is not None:
             encode_aac(container, astream, audio, sample_rate)
 
@@ -163,5 +170,5 @@ def decode_video(path: str | Path) -> np.ndarray:
     return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
 
 
-__all__ = ["write_m4a", "write_mp4", "write_wav", "write_jpg_frames", "decode_audio", "decode_video",
+__all__ = ["encode_frames", "write_m4a", "write_mp4", "write_wav", "write_jpg_frames", "decode_audio", "decode_video",
            "add_aac_stream", "encode_aac", "AAC_BIT_RATE", "AAC_OPTIONS", "X264_OPTIONS"]

@@ -273,7 +273,7 @@ def test_load_head_errors(tmp_path):
         load_head(tmp_path / "nope.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(HeadError, match="not a readable") as e:
+    with pytest.raises(HeadError, match="cannot read avfuse head checkpoint") as e:
         load_head(junk)
     assert str(junk) in str(e.value)
     other = tmp_path / "other.pt"

@@ -4,12 +4,11 @@ decode the checks compare against."""
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from data_manifests.synth.media import add_aac_stream, encode_aac
+from data_manifests.synth.media import add_aac_stream, encode_aac, encode_frames
 
 SR = 16000
 
@@ -52,13 +51,7 @@ def write_mp4(path: Path, frames: np.ndarray | None, fps: int = 25, audio: np.nd
             vs.codec_context.options = {"preset": "ultrafast", "threads": "1"}
         ast = _add_aac(c, audio, sr) if audio is not None else None
         if vs is not None:
-            for i in range(len(frames)):
-                fr = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")
-                fr.pts, fr.time_base = i, Fraction(1, fps)
-                for p in vs.encode(fr):
-                    c.mux(p)
-            for p in vs.encode(None):
-                c.mux(p)
+            encode_frames(c, vs, frames, fps)
         if ast is not None:
             encode_aac(c, ast, audio, sr)
     return path

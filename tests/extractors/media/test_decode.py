@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_manifests.synth.media import add_aac_stream, encode_aac
+from data_manifests.synth.media import add_aac_stream, encode_aac, encode_frames
 from extractors.media import decode, frame_indices, load_audio, load_faces
 from pipeline.core import DecodeError
 
@@ -61,13 +61,7 @@ def write_mp4(path, frames: np.ndarray | None, fps: int = 25, audio: np.ndarray 
             st.codec_context.gop_size = gop
             st.codec_context.options = {"preset": "ultrafast", "crf": "10", "threads": "1",
                                         "keyint_min": str(gop), "sc_threshold": "0"}
-            for i, f in enumerate(frames):
-                vf = av.VideoFrame.from_ndarray(f, format="rgb24")
-                vf.pts = i
-                for p in st.encode(vf):
-                    c.mux(p)
-            for p in st.encode(None):
-                c.mux(p)
+            encode_frames(c, st, frames, fps)
         if audio is not None:
             _encode_audio(c, audio, sr, ast)
     return Path(path)
