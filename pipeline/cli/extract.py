@@ -14,10 +14,9 @@ def _default_workers() -> int:
 
 
 def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    from fusion.batch import resolve_device  # one device check: bad names, no CUDA, cuda:N out of range
+    dev = resolve_device(device)
+    return device if device != "auto" else dev.type
 
 
 @click.command("extract", context_settings={"help_option_names": ["-h", "--help"],
@@ -93,6 +92,8 @@ def extract_cmd(ctx: click.Context, manifest, cache, audio_backbone, audio_weigh
             raise click.UsageError(f"--{mod}-weights needs --{mod}-backbone")
     if not audio_backbone and not face_backbone:
         raise click.UsageError("give --audio-backbone and/or --face-backbone (see `avfuse backbones`)")
+    from pipeline.core.outputs import check_output
+    check_output(cache, [manifest], flag="--cache", folder=not str(cache).lower().endswith((".h5", ".hdf5")))
     device = _resolve_device(device)
     if threads is not None:
         import torch

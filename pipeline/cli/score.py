@@ -101,7 +101,7 @@ def build_sidecar(*, cache, trials, trials_sha: str, mode: str, result, head_inf
               help="Scores TSV to write; provenance goes to <out>.json.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Utterances per head batch.")
-@click.option("--quiet", is_flag=True, help="No progress bars or summary.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary.")
 def score_cmd(cache_path, trials_path, mode, head_path, norm, cohort, top_k, skip_missing, force,
               out_path, batch_size, quiet):
     """Score a trial list from the embedding cache.
@@ -123,6 +123,11 @@ def score_cmd(cache_path, trials_path, mode, head_path, norm, cohort, top_k, ski
     from pipeline.score.engine import score_from_cache
     from pipeline.score.files import write_scores
 
+    from pipeline.core.outputs import check_output
+    from pipeline.score.files import sidecar_path
+
+    check_output(out_path, [cache_path, trials_path, head_path, *(cohort.rsplit(":", 1) if cohort else ())],
+                 also=[sidecar_path(out_path)])
     if norm != "none" and not cohort:
         raise ConfigError(f"--norm {norm} needs --cohort", hint="e.g. --cohort train")
     if norm == "none" and cohort:
@@ -131,8 +136,9 @@ def score_cmd(cache_path, trials_path, mode, head_path, norm, cohort, top_k, ski
     trials = read_trials(trials_path)
     head = head_info = meta = None
     if head_path:
-        from fusion.checkpoint import check_provenance, load_head
+        from fusion.checkpoint import check_dims, check_provenance, load_head
         head, meta = load_head(head_path)
+        check_dims(head, cache, path=head_path)
         check_provenance(meta, cache, force=force, path=head_path)
         head_info = _head_info(head_path, head, meta)
     result = score_from_cache(cache, trials, mode, head=head, head_meta=meta, norm=norm, cohort=cohort,
@@ -211,6 +217,9 @@ def evaluate_cmd(scores_paths, as_json, det_plot, labels, title):
     if labels and len(labels) != len(scores_paths):
         raise ConfigError(f"{len(labels)} --label for {len(scores_paths)} --scores",
                           hint="give one --label per --scores, or none")
+    from pipeline.core.outputs import check_output
+
+    check_output(det_plot, scores_paths, flag="--det-plot")
     if det_plot and Path(det_plot).suffix.lower().lstrip(".") not in PLOT_FORMATS:
         raise ConfigError(f"unsupported plot format {Path(det_plot).suffix or '(none)'}", path=det_plot,
                           hint=f"name the plot *.{' / *.'.join(PLOT_FORMATS)}")

@@ -146,6 +146,8 @@ def train_cmd(cache_path, head_name, out, config_path, epochs, batch_size, lr, m
     from pipeline.cache.reader import open_cache
     from pipeline.train.run import checkpoint_meta, train_head
 
+    from pipeline.core.outputs import check_output
+    check_output(out, [cache_path, config_path, dev_trials])
     cfg = train_config(config_path, epochs=epochs, batch_size=batch_size, lr=lr, mask_prob=mask_prob, loss=loss,
                        margin=margin, scale=scale, temperature=temperature, seed=seed, patience=patience,
                        split=split, device=device)

@@ -113,6 +113,8 @@ def embed_shard(decoded: Sequence[DecodedClip], cfg: ExtractConfig, models: Mode
         arrays["face/frame_valid"] = face_res.frame_valid
         arrays["face/clip"] = face_res.clip.astype(store)
     t_end = time.perf_counter()
+    has_audio = check_stored(arrays, has_audio, "audio", decoded, failures, store)
+    has_face = check_stored(arrays, has_face, "face", decoded, failures, store)
     arrays["has_audio"] = has_audio
     arrays["has_face"] = has_face
     arrays["duration"] = np.asarray([d.duration for d in decoded], dtype=np.float32)
@@ -122,6 +124,34 @@ def embed_shard(decoded: Sequence[DecodedClip], cfg: ExtractConfig, models: Mode
                        compute_seconds=time.perf_counter() - t0, audio_seconds=t_face - t_audio,
                        face_seconds=t_end - t_face)
     return ShardResult(arrays=arrays, failures=failures, stats=stats)
+
+
+FLOAT_ARRAYS = {"audio": ("audio/clip", "audio/segments"), "face": ("face/frames", "face/clip")}
+
+
+def check_stored(arrays: dict[str, np.ndarray], has: np.ndarray, modality: str, decoded: Sequence,
+                 failures: list[dict], store: np.dtype) -> np.ndarray:
+    """Fail (flag, with a ``backbone`` failure record) the clips whose embeddings are not finite
+    *as stored*: a float32 embedding beyond float16's range (65504) becomes inf in a float16
+    cache, and is never stored silently. Returns the new ``has`` flags."""
+    names = [x for x in FLOAT_ARRAYS[modality] if x in arrays]
+    if not names:
+        return has
+    bad = np.zeros(len(has), dtype=bool)
+    for x in names:
+        a = arrays[x]
+        bad |= ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+    bad &= has
+    if not bad.any():
+        return has
+    why = (f"{modality} embedding overflows {store.name} (|x| > {float(np.finfo(store).max):g}) after the cast "
+           f"to the storage dtype; rerun with --dtype float32") if store == np.float16 \
+        else f"{modality} embedding is not finite as stored ({store.name})"
+    for i in np.flatnonzero(bad):
+        failures.append(_failure(decoded[i].clip_id, "backbone", modality, why))
+        for x in names:
+            arrays[x][i] = 0
+    return has & ~bad
 
 
 def failed_shard(records: Sequence, cfg: ExtractConfig, *, audio_dim: int | None, face_dim: int | None,

@@ -77,6 +77,11 @@ def check_missing(cache, trials, *, skip_missing: bool) -> tuple[np.ndarray, np.
             f"from the cache {cache.path}: {_preview(utts[missing].tolist())}",
             path=trials.path,
             hint="extract those clips into the cache, or pass --skip-missing to score the other trials")
+    if len(bad) and bad.all():
+        raise ScoringError(f"0 of {len(bad)} trials can be scored: all name utterances missing from the "
+                           f"cache {cache.path} ({int(missing.sum())} missing: {_preview(utts[missing].tolist())})",
+                           path=trials.path, hint="is this the cache of this trial list? `avfuse cache info` "
+                                                  "lists its splits")
     return rows, ~bad
 
 
@@ -137,9 +142,11 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
     from pipeline.score import norm as normmod
 
     enrol_use, test_use = parse_mode(mode)
-    if head is not None and head_meta is not None:
-        from fusion.checkpoint import check_provenance
-        check_provenance(head_meta, cache, force=force)
+    if head is not None:
+        from fusion.checkpoint import check_dims, check_provenance
+        check_dims(head, cache)
+        if head_meta is not None:
+            check_provenance(head_meta, cache, force=force)
     if norm not in normmod.NORMS:
         raise ScoringError(f"unknown normalisation {norm!r}", hint=f"use one of {', '.join(normmod.NORMS)}")
     if norm != "none" and not cohort:
@@ -188,6 +195,10 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
             if bar:
                 bar.close()
             times["norm_stats"] += time.perf_counter() - t1
+            if len(speakers) < 2:
+                raise ScoringError(f"the cohort has {len(speakers)} speaker(s); S-norm needs at least 2 "
+                                   f"(its statistics are a mean and a spread over cohort speakers)",
+                                   hint="pick a cohort split or cache with more speakers (hundreds are typical)")
             norm_info.setdefault("cohort_speakers", {})[ch.name] = int(len(speakers))
         norm_info.update(cohort=cohort, cohort_cache=str(src.cache.path), cohort_clips=int(len(src.rows)),
                          cohort_cache_fingerprint=src.cache.fingerprint, cohort_split=src.split,
@@ -207,6 +218,7 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
             f"{n_unscorable} of {len(scorable)} trials cannot be scored in mode {mode}: a side lacks "
             f"every modality the mode compares (has_audio/has_face False), e.g. {'; '.join(pairs)}",
             path=trials.path, hint="pass --skip-missing to score the other trials, or use another mode")
+    check_scored(scores, scorable, keep, head is not None, trials.path)
     if n_missing == 0 and n_unscorable == 0:      # the common case: no copies
         idx = np.arange(len(ei))
         out = Scores(labels=np.asarray(trials.labels), enrol=trials.enrol, test=trials.test, scores=scores)
@@ -225,6 +237,20 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
                    "n_target": int((out.labels == 1).sum()), "n_nontarget": int((out.labels == 0).sum())},
     }
     return out
+
+
+def check_scored(scores: np.ndarray, scorable: np.ndarray, keep: np.ndarray, with_head: bool, path) -> None:
+    """0 scored trials, or a non-finite score, is a ``ScoringError`` (before any file is written)."""
+    if not int(scorable.sum()):
+        raise ScoringError(f"0 of {len(keep)} trials could be scored ({int((~keep).sum())} name utterances "
+                           f"missing from the cache)", path=path,
+                           hint="is this the cache of this trial list? `avfuse cache info` lists its splits")
+    bad = ~np.isfinite(scores[scorable])
+    if bad.any():
+        src = "the head's outputs (are its weights finite?)" if with_head else "the cached embeddings"
+        raise ScoringError(f"{int(bad.sum())} of {len(bad)} scores are NaN/inf; they come from {src}",
+                           path=path, hint="retrain the head with a lower --lr" if with_head
+                           else "run `avfuse cache verify` on the cache")
 
 
 def _compact(n: int, *idx: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -1,0 +1,266 @@
+"""Hostile inputs, round two (issue 19): a table of bad inputs across every command.
+
+Each case runs ``avfuse`` in this process (``pipeline.cli.main.main``, SystemExit captured)
+on the real files of ``hostile_cases.build`` and asserts the exit status, a one-line
+message (one ``avfuse: error:`` or click ``Error:`` line matching the case's pattern, no
+traceback) and that every input file is byte-for-byte unchanged (sha256 of every file
+under the fixture folder before and after). Outputs go to a folder of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.hostile_cases import build
+
+REPO = Path(__file__).resolve().parents[2]
+LONG = "L" * 236 + ".tsv"          # a legal 240-byte name: its temp name must still fit
+TOO_LONG = "L" * 300 + ".tsv"
+S = "score --cache {cache} --trials {trials} --mode AxA -q"
+
+# (id, command (str.format'ed with the fixture paths and {o}, the case's output folder),
+#  exit status, regex the message must match (None: exit 0, no message))
+CASES = [
+    # ---- outputs that are inputs, folders, devices, bad names (one guard, every command)
+    ("score-out-is-trials", S + " --out {trials}", 2, r"is the input .*t\.txt"),
+    ("score-out-is-head", S + " --head {head} --out {head}", 2, r"is the input .*h\.pt"),
+    ("score-out-is-cache", S + " --out {cache}", 2, r"existing folder"),
+    ("score-out-inside-cache", S + " --out {cache}/s.tsv", 2, r"inside the input"),
+    ("score-out-folder", S + " --out {o}", 2, r"existing folder"),
+    ("score-out-symlink-to-trials", S + " --out {link}", 2, r"is the input"),
+    ("score-out-hardlink-of-trials", "score --cache {cache} --trials {trials} --mode AxA --out {hard}", 2,
+     r"is the input"),
+    ("score-sidecar-is-trials", "score --cache {cache} --trials {side_trials} --mode AxA --out {root}/side.tsv",
+     2, r"side\.tsv\.json is the input"),
+    ("score-out-device", S + " --out /dev/full", 2, r"not a regular file"),
+    ("score-out-parent-is-file", S + " --out {trials}/x.tsv", 2, r"is a file, not a folder"),
+    ("score-out-name-too-long", S + " --out {o}/" + TOO_LONG, 2, r"longer than the file system"),
+    ("score-out-240-byte-name", S + " --out {o}/" + LONG, 0, None),
+    ("score-out-unwritable", S + " --out /sys/avfuse_scores.tsv", 2, r"cannot write output"),
+    ("score-out-missing-dir-in-proc", S + " --out /proc/avfuse/s.tsv", 2, r"cannot write output"),
+    ("evaluate-plot-is-scores", "evaluate --scores {scores} --det-plot {scores}", 2, r"is the input"),
+    ("evaluate-plot-folder", "evaluate --scores {scores} --det-plot {o}", 2, r"existing folder"),
+    ("train-out-is-config", "train -c {cache} --head mean --config {config} -q --out {config}", 2, r"is the input"),
+    ("train-out-is-dev-trials", "train -c {cache} --head mean --dev-trials {trials} -q --out {trials}", 2,
+     r"is the input"),
+    ("train-out-is-cache", "train -c {cache} --head mean -q --out {cache}", 2, r"folder|directory"),
+    ("manifest-out-is-split-from", "manifest --root {vox} --layout vox1 --split-from {meta_csv} --out {meta_csv}",
+     2, r"is the input"),
+    ("cache-export-out-is-cache", "cache export {cache} -q --out {cache}", 2, r"folder|directory"),
+    ("cache-export-inside-cache", "cache export {cache} -q --out {cache}/x.npz", 2, r"inside the input"),
+    ("ablate-out-is-cache", "ablate -c {cache} -t {trials} --heads none -q -o {cache}", 2, r"is the input"),
+    ("analyze-out-is-file", "analyze -c {cache} -q -o {trials}", 2, r"must be a folder|is a file"),
+    ("synth-out-is-file", "synth --out {trials} --quiet", 2, r"must be a folder|is a file"),
+    ("demo-out-is-file", "demo --out {trials}", 2, r"must be a folder|is a file"),
+    ("extract-cache-is-manifest", "extract -m {manifest} -c {manifest} --audio-backbone ge2e_lstm "
+     "--audio-weights random -q", 2, r"must be a folder|is a file"),
+    # ---- NaN and inf
+    ("train-lr-1e30", "train -c {cache} --head mlp --epochs 2 --lr 1e30 -q --device cpu --out {o}/h.pt", 2,
+     r"(diverged|NaN).*lower --lr"),
+    ("train-lr-inf", "train -c {cache} --head mean --lr inf -q --out {o}/h.pt", 2, r"finite"),
+    ("score-nan-head", S.replace(" -q", "") + " --head {head_nan} --out {o}/s.tsv", 2, r"not finite"),
+    ("score-nan-head-quiet", S + " --head {head_nan} --out {o}/s.tsv", 2, r"not finite"),
+    # ---- row metadata that does not match its fingerprint; nothing to score
+    ("score-swapped-ids", "score --cache {swapped} --trials {trials} --mode AxA -q --out {o}/s.tsv", 2,
+     r"does not match its recorded fingerprint"),
+    ("train-swapped-ids", "train -c {swapped} --head mean -q --out {o}/h.pt", 2, r"recorded fingerprint"),
+    ("export-swapped-ids", "cache export {swapped} -q --out {o}/x.npz", 2, r"recorded fingerprint"),
+    ("verify-swapped-ids", "cache verify {swapped} -q", 1, r"problem"),
+    ("score-0-trials-skip-missing", "score --cache {cache} --trials {other_trials} --mode AxA -q --skip-missing "
+     "--out {o}/s.tsv", 2, r"0 of 2 trials"),
+    ("verify-edited-shape", "cache verify {reshaped} -q", 1, r"problem"),
+    ("verify-edited-shape-with-bar", "cache verify {reshaped}", 1, r"problem"),
+    ("score-edited-shape", S.replace("{cache}", "{reshaped}") + " --out {o}/s.tsv", 2, r"."),
+    # ---- truncated or non-UTF-8 inputs: one line naming the file, never "interrupted"
+    ("score-truncated-gz-trials", "score --cache {cache} --trials {trials_gz} --mode AxA -q --out {o}/s.tsv", 2,
+     r"cut\.txt\.gz"),
+    ("trials-info-truncated-gz", "trials info {trials_gz}", 2, r"cut\.txt\.gz"),
+    ("manifest-check-truncated-gz", "manifest --check {manifest_gz} -q", 2, r"cut\.jsonl\.gz.*truncated"),
+    ("extract-truncated-gz-manifest", "extract -m {manifest_gz} -c {o}/c.zarr --audio-backbone ge2e_lstm "
+     "--audio-weights random --device cpu -q", 2, r"cut\.jsonl\.gz.*truncated"),
+    ("manifest-truncated-split-from", "manifest --root {vox} --layout vox1 --split-from {split_gz}:test "
+     "--out {o}/m.jsonl -q", 2, r"cut_split\.txt\.gz.*truncated"),
+    ("manifest-check-latin1", "manifest --check {manifest_latin1} -q", 2, r"latin1\.jsonl.*UTF-8"),
+    ("train-config-latin1", "train -c {cache} --head mean --config {cfg_latin1_json} -q --out {o}/h.pt", 2,
+     r"cfg_latin1\.json.*UTF-8"),
+    # ---- head checkpoints as untrusted data
+    ("head-config-missing-key", S + " --head {cfg_nokey} --out {o}/s.tsv", 2, r"audio_dim must be"),
+    ("head-config-not-object", S + " --head {cfg_list} --out {o}/s.tsv", 2, r"config_json is a JSON list"),
+    ("head-config-not-json", S + " --head {cfg_json_bad} --out {o}/s.tsv", 2, r"config_json is not valid JSON"),
+    ("head-meta-not-object", S + " --head {meta_list} --out {o}/s.tsv", 2, r"meta_json is a JSON list"),
+    ("head-negative-size", S + " --head {cfg_neg} --out {o}/s.tsv", 2, r"dim = -5 is out of range"),
+    ("head-huge-dim", S + " --head {cfg_huge} --out {o}/s.tsv", 2, r"audio_dim must be a whole number"),
+    ("head-huge-parameter-count", S + " --head {cfg_params} --out {o}/s.tsv", 2, r"parameters, more than"),
+    ("head-nan-option", S + " --head {cfg_float} --out {o}/s.tsv", 2, r"not finite"),
+    ("head-state-not-dict", S + " --head {state_list} --out {o}/s.tsv", 2, r"state_dict is not a dict"),
+    ("head-name-not-str", S + " --head {name_int} --out {o}/s.tsv", 2, r"name is int"),
+    ("head-pickled-object", S + " --head {pickle_obj} --out {o}/s.tsv", 2, r"not a safe avfuse head checkpoint"),
+    ("head-garbage", S + " --head {garbage} --out {o}/s.tsv", 2, r"garbage\.pt"),
+    ("head-other-size-force", "score --cache {wide} --trials {trials} --mode AxA -q --force --head {head} "
+     "--out {o}/s.tsv", 2, r"other embedding sizes"),
+    # ---- misleading cases: what happened and what to do
+    ("cohort-missing-cache", S + " --norm snorm --cohort nosuch.zarr --out {o}/s.tsv", 2,
+     r"cohort cache not found"),
+    ("cohort-missing-cache-split", S + " --norm snorm --cohort {o}/nosuch.zarr:train --out {o}/s.tsv", 2,
+     r"cohort cache not found"),
+    ("cohort-one-speaker", "score --cache {one_spk} --trials {trials} --mode AxA -q --norm snorm --cohort train "
+     "--out {o}/s.tsv", 2, r"at least 2"),
+    ("analyze-unknown-mode", "analyze -c {cache} --trials {trials} --modes AxA,QQ -q -o {o}/an", 2,
+     r"unknown mode\(s\) QQ"),
+    ("ablate-unknown-mode", "ablate -c {cache} -t {trials} --heads none --modes QQ -q -o {o}/ab", 2,
+     r"unknown mode"),
+    ("ablate-empty-heads", "ablate -c {cache} -t {trials} --heads '' -q -o {o}/ab", 2, r"--heads is empty"),
+    ("evaluate-bom", "evaluate --scores {scores_bom}", 0, None),
+    ("score-short-quiet", S + " --out {o}/s.tsv", 0, None),
+    ("train-device-cuda7", "train -c {cache} --head mean -q --device cuda:7 --out {o}/h.pt", 2, r"cuda:7"),
+    ("train-device-bogus", "train -c {cache} --head mean -q --device gpu0 --out {o}/h.pt", 2, r"bad --device"),
+    ("extract-device-cuda7", "extract -m {manifest} -c {o}/c.zarr --audio-backbone ge2e_lstm "
+     "--audio-weights random -q --device cuda:7", 2, r"cuda:7"),
+    ("train-option-no-equals", "train -c {cache} --head mlp -q --option dim --out {o}/h.pt", 2, r"KEY=VALUE"),
+    ("train-option-unknown", "train -c {cache} --head mlp -q --option nosuch=1 --out {o}/h.pt", 2,
+     r"no option\(s\) nosuch"),
+    ("train-option-negative", "train -c {cache} --head mlp -q --option dim=-5 --out {o}/h.pt", 2, r"."),
+    ("train-option-wrong-type", "train -c {cache} --head mlp -q --option dim=abc --out {o}/h.pt", 2, r"."),
+    ("train-config-not-json", "train -c {cache} --head mean -q --config {cfg_bad_json} --out {o}/h.pt", 2,
+     r"cfg_bad\.json.*JSON"),
+    ("train-config-list", "train -c {cache} --head mean -q --config {cfg_list_json} --out {o}/h.pt", 2,
+     r"cfg_list\.json.*JSON object"),
+    ("train-config-type", "train -c {cache} --head mean -q --config {cfg_type_json} --out {o}/h.pt", 2,
+     r"cfg_type\.json.*'epochs' must be int"),
+    ("train-config-unknown-key", "train -c {cache} --head mean -q --config {cfg_key_json} --out {o}/h.pt", 2,
+     r"unknown TrainConfig field"),
+    ("score-trials-missing", "score --cache {cache} --trials {o}/nosuch.txt --mode AxA -q --out {o}/s.tsv", 2,
+     r"not found"),
+    ("score-cache-missing", "score --cache {o}/nosuch.zarr --trials {trials} --mode AxA -q --out {o}/s.tsv", 2,
+     r"no embedding cache"),
+]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    d = build(root / "in")
+    return {k: str(v) for k, v in d.items()} | {"out": str(root / "out")}
+
+
+def _hashes(root: str) -> dict[str, str]:
+    out = {}
+    for base, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(base, f)
+            if os.path.islink(p):
+                continue
+            with open(p, "rb") as fh:
+                out[p] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    from pipeline.cli.main import main
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def check_message(code: int, out: str, err: str, pattern: str | None) -> None:
+    assert "Traceback" not in err + out, err[-2000:]
+    if pattern is None:
+        assert code == 0 and "avfuse: error" not in err, err[-1000:]
+        return
+    if code == 1:  # `cache verify`: problems on stdout, the count as one line on stderr
+        assert re.search(pattern, err), err
+        assert len([x for x in err.splitlines() if x.strip()]) == 1, err
+        return
+    lines = [x for x in err.splitlines() if x.startswith(("avfuse: error:", "Error:"))]
+    assert len(lines) == 1, err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_hostile_input(case, env, capsys):
+    name, cmd, want, pattern = case
+    o = Path(env["out"]) / name
+    o.mkdir(parents=True, exist_ok=True)
+    import shlex
+    argv = shlex.split(cmd.format(o=o, **env))
+    before = _hashes(env["root"])
+    code, out, err = run_cli(argv, capsys)
+    assert code == want, f"exit {code}, want {want}: {err[-1500:]}"
+    check_message(code, out, err, pattern)
+    assert _hashes(env["root"]) == before, "an input file changed"
+    if want == 2 and "--out" in argv and "{o}" in cmd:   # refused: no output left behind
+        target = argv[argv.index("--out") + 1]
+        assert not os.path.exists(target) or os.path.isdir(target), target
+
+
+def test_output_modes_follow_umask_and_replaced_file(env, capsys):
+    """New outputs get 0666 & ~umask (not mkstemp's 0600); a replaced file keeps its mode."""
+    o = Path(env["out"]) / "modes"
+    o.mkdir(parents=True, exist_ok=True)
+    old = os.umask(0o027)
+    try:
+        code, _, err = run_cli(S.format(**env).split() + ["--out", str(o / "new.tsv")], capsys)
+        assert code == 0, err
+        assert stat.S_IMODE(os.stat(o / "new.tsv").st_mode) == 0o640
+        kept = o / "kept.tsv"
+        kept.write_text("x")
+        os.chmod(kept, 0o604)
+        code, _, err = run_cli(S.format(**env).split() + ["--out", str(kept)], capsys)
+        assert code == 0, err
+        assert stat.S_IMODE(os.stat(kept).st_mode) == 0o604
+        assert stat.S_IMODE(os.stat(str(kept) + ".json").st_mode) == 0o640
+    finally:
+        os.umask(old)
+    assert not [n for n in os.listdir(o) if n.endswith(".tmp")]
+
+
+def test_full_disk_is_one_line(env, tmp_path):
+    """A file-size limit below the scores file (EFBIG, as on a full disk): one line, exit 2."""
+    wrapper = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (2000, resource.RLIM_INFINITY)); "
+               "from pipeline.cli.main import main; main(sys.argv[1:])")
+    before = _hashes(env["root"])
+    argv = S.format(**env).split() + ["--out", str(tmp_path / "s.tsv")]
+    p = subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, timeout=300,
+                       cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 2, p.stderr[-1500:]
+    check_message(2, p.stdout, p.stderr, r"s\.tsv.*(too large|space)")
+    assert not (tmp_path / "s.tsv").exists()
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    assert _hashes(env["root"]) == before
+
+
+def test_ctrl_c_in_train_says_nothing_written(env, capsys):
+    """A real SIGINT (from a timer) during training: exit 130, and the message does not
+    promise a resume that ``train`` does not do."""
+    o = Path(env["out"]) / "ctrl_c"
+    o.mkdir(parents=True, exist_ok=True)
+    old = signal.signal(signal.SIGALRM, lambda *a: os.kill(os.getpid(), signal.SIGINT))
+    signal.setitimer(signal.ITIMER_REAL, 4.0)
+    try:
+        code, _, err = run_cli(["train", "-c", env["cache"], "--head", "mlp", "--epochs", "100000", "-q",
+                                "--device", "cpu", "--out", str(o / "h.pt")], capsys)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert code == 130, err
+    assert "wrote nothing" in err and "resume" not in err, err
+    assert not (o / "h.pt").exists()
+
+
+def test_case_count():
+    """The table of docs/RELIABILITY.md ("Hostile inputs, round two") counts these cases."""
+    assert len(CASES) + 3 >= 60
