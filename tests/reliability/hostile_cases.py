@@ -24,7 +24,8 @@ def _ids():
     return ids, spk, split
 
 
-def make_cache(path: Path, *, seed: int = 0, speakers=None, dtype: str = "float32", dim: int = DIM):
+def make_cache(path: Path, *, seed: int = 0, speakers=None, dtype: str = "float32", dim: int = DIM,
+               nan_row: int | None = None):
     """A complete tiny cache: speaker-clustered random embeddings (audio and face, 8-d)."""
     from pipeline.cache.layout import CacheLayout
     from pipeline.cache.writer import create_cache
@@ -43,6 +44,8 @@ def make_cache(path: Path, *, seed: int = 0, speakers=None, dtype: str = "float3
     w = create_cache(path, ids=ids, speakers=spk, splits=split, layout=lay, provenance=prov)
     a = centre_a[who] + 0.3 * rng.standard_normal((n, dim))
     v = centre_v[who] + 0.3 * rng.standard_normal((n, DIM))
+    if nan_row is not None:
+        a[nan_row] = np.nan
     full = {"audio/clip": a, "audio/segments": np.repeat(a[:, None], 2, 1),
             "audio/segment_valid": np.ones((n, 2), bool), "face/frames": np.repeat(v[:, None], 2, 1),
             "face/frame_valid": np.ones((n, 2), bool), "face/clip": v,
@@ -195,6 +198,12 @@ def build(root: Path) -> dict:
     j = json.loads(meta.read_text())
     j["shape"] = [j["shape"][0], j["shape"][1] + 1]
     meta.write_text(json.dumps(j))
+    d["ids_gone"] = root / "ids_gone.zarr"
+    shutil.copytree(d["cache"], d["ids_gone"])
+    shutil.rmtree(d["ids_gone"] / "ids" / "c")
+    d["nan_cache"] = make_cache(root / "nan.zarr", nan_row=27)
+    d["empty"] = root / "empty.txt"
+    d["empty"].write_text("")
     ids_, spk, split = _ids()
     d["one_spk"] = make_cache(root / "one_spk.zarr", speakers=["id00000" if x == "train" else s
                                                                 for s, x in zip(spk, split)])
@@ -208,6 +217,10 @@ def build(root: Path) -> dict:
               "--out", str(d["scores"])])
     except SystemExit as e:
         assert e.code == 0
+    lines = d["scores"].read_text().splitlines()
+    lines[3] = "\t".join(lines[3].split("\t")[:3] + ["nan"])
+    d["scores_nan"] = root / "s_nan.tsv"
+    d["scores_nan"].write_text("\n".join(lines) + "\n")
     d["scores_bom"] = root / "s_bom.tsv"
     d["scores_bom"].write_bytes(b"\xef\xbb\xbf" + d["scores"].read_bytes())
     d["link"] = root / "link.txt"

@@ -75,6 +75,15 @@ CASES = [
     ("train-swapped-ids", "train -c {swapped} --head mean -q --out {o}/h.pt", 2, r"recorded fingerprint"),
     ("export-swapped-ids", "cache export {swapped} -q --out {o}/x.npz", 2, r"recorded fingerprint"),
     ("verify-swapped-ids", "cache verify {swapped} -q", 1, r"problem"),
+    ("score-deleted-id-chunk", "score --cache {ids_gone} --trials {trials} --mode AxA -q --out {o}/s.tsv", 2,
+     r"recorded fingerprint"),
+    ("score-nan-embeddings", "score --cache {nan_cache} --trials {trials} --mode AxA -q --out {o}/s.tsv", 2,
+     r"NaN/inf.*cache verify"),
+    ("score-empty-trials", "score --cache {cache} --trials {empty} --mode AxA -q --out {o}/s.tsv", 2, r"empty\.txt"),
+    ("evaluate-nan-score", "evaluate --scores {scores_nan}", 2, r"s_nan\.tsv"),
+    ("export-240-byte-name", "cache export {cache} -q --out {o}/" + LONG[:-4] + ".npz", 0, None),
+    ("train-240-byte-name", "train -c {cache} --head mean --epochs 1 --batch-size 8 --device cpu -q --out {o}/"
+     + LONG[:-4] + ".pt", 0, None),
     ("score-0-trials-skip-missing", "score --cache {cache} --trials {other_trials} --mode AxA -q --skip-missing "
      "--out {o}/s.tsv", 2, r"0 of 2 trials"),
     ("verify-edited-shape", "cache verify {reshaped} -q", 1, r"problem"),
@@ -264,3 +273,90 @@ def test_ctrl_c_in_train_says_nothing_written(env, capsys):
 def test_case_count():
     """The table of docs/RELIABILITY.md ("Hostile inputs, round two") counts these cases."""
     assert len(CASES) + 3 >= 60
+
+
+class _LoudBackbone:
+    """A tiny audio backbone whose embeddings (~1e5) exceed float16's range (65504), like an
+    IResNet with unlucky weights: registered for the overflow test only."""
+
+    @staticmethod
+    def build():
+        import torch
+
+        class Loud(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(1, 4)
+
+            def forward(self, wave, lengths):
+                level = wave.abs().mean(dim=1, keepdim=True)
+                return 1e5 * (1.0 + self.lin(level).abs())
+
+        return Loud()
+
+
+_LOUD: list = []
+
+
+def _register_loud() -> str:
+    from extractors.registry import BackboneEntry, InputSpec, register_backbone
+    if not _LOUD:   # one entry object per process: registering it again is not a duplicate
+        _LOUD.append(BackboneEntry(name="loud_test_backbone", modality="audio", build=_LoudBackbone.build,
+                                   spec=InputSpec(modality="audio", embedding_dim=4, sample_rate=16000,
+                                                  features="waveform"),
+                                   load_state=lambda m, sd: m.load_state_dict(sd),
+                                   description="test only: embeddings beyond float16's range"))
+    register_backbone(_LOUD[0])
+    return _LOUD[0].name
+
+
+def test_float16_overflow_is_flagged_not_stored(env, tmp_path, capsys):
+    """Embeddings beyond 65504 in a float16 cache: the clips are flagged (stage 'backbone', a
+    message naming --dtype float32), never stored as inf; --dtype float32 stores them."""
+    import numpy as np
+    import soundfile as sf
+
+    from data_manifests.manifest import ClipRecord, write_manifest
+    from pipeline.cache.reader import open_cache
+
+    name = _register_loud()
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1, 16000)
+    recs = [ClipRecord(clip_id=f"id0000{i}/v/00001", speaker=f"id0000{i}", video="v", audio_path=str(wav),
+                       video_path=None, frames_dir=None, duration=1.0, sample_rate=16000, fps=None, num_frames=None,
+                       split="test", dataset="t") for i in range(3)]
+    man = tmp_path / "m.jsonl"
+    write_manifest(man, recs)
+    base = ["extract", "-m", str(man), "--audio-backbone", name, "--audio-weights", "random", "--device", "cpu",
+            "--num-workers", "0", "--segments", "2", "--shard-size", "4", "-q"]
+    code, _, err = run_cli(base + ["-c", str(tmp_path / "f16.zarr")], capsys)
+    assert code == 1, err                          # every clip failed: more than --max-failures
+    assert "--dtype float32" in err and "Traceback" not in err, err
+    with open_cache(tmp_path / "f16.zarr") as c:
+        a = c.to_numpy("audio/clip", dtype=None)
+        assert np.isfinite(a).all() and not c.to_numpy("has_audio").any()
+        fails = c.failures()
+    assert len(fails) == 3 and all(f["stage"] == "backbone" and "--dtype float32" in f["error"] for f in fails)
+    code, _, err = run_cli(base + ["-c", str(tmp_path / "f32.zarr"), "--dtype", "float32"], capsys)
+    assert code == 0, err
+    with open_cache(tmp_path / "f32.zarr") as c:
+        a = c.to_numpy("audio/clip", dtype=None)
+        assert c.to_numpy("has_audio").all() and np.isfinite(a).all() and a.min() > 65504
+
+
+def test_long_name_temp_files_fit_and_are_swept(tmp_path):
+    """A 240-byte name: the temp name is shortened to fit NAME_MAX, and a dead writer's temp
+    of that name (same shortened prefix) is swept by the next successful write."""
+    from pipeline.core.fsio import NAME_MAX, atomic_write_bytes, temp_prefix, writer_tag
+
+    path = tmp_path / ("n" * 236 + ".pt")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    tag = writer_tag().rsplit("-", 1)[0] + "-" + dead
+    stale = tmp_path / f"{temp_prefix(path)}{tag}.abcd1234.tmp"
+    assert len(stale.name.encode()) <= NAME_MAX and len(temp_prefix(path)) < len(path.name)
+    stale.write_bytes(b"half")
+    atomic_write_bytes(path, b"whole")
+    assert path.read_bytes() == b"whole"
+    assert not stale.exists()
+    assert sorted(os.listdir(tmp_path)) == [path.name]
