@@ -120,7 +120,7 @@ def score_cmd(cache_path, trials_path, mode, head_path, norm, cohort, top_k, ski
     from pipeline.cache.reader import open_cache
     from pipeline.core.fsio import sha256_file
     from pipeline.core.metrics import compute_metrics
-    from pipeline.score.engine import score_from_cache
+    from pipeline.score.engine import check_scored, score_from_cache
     from pipeline.score.files import write_scores
 
     from pipeline.core.outputs import check_output
@@ -144,6 +144,7 @@ def score_cmd(cache_path, trials_path, mode, head_path, norm, cohort, top_k, ski
     result = score_from_cache(cache, trials, mode, head=head, head_meta=meta, norm=norm, cohort=cohort,
                               top_k=top_k, skip_missing=skip_missing, force=force, batch_size=batch_size,
                               progress=not quiet)
+    check_scored(result, trials, head is not None)   # 0 scored or a NaN score: nothing is written
     sidecar = build_sidecar(cache=cache, trials=trials, trials_sha=sha256_file(trials_path), mode=mode,
                             result=result, head_info=head_info, skip_missing=skip_missing, force=force)
     write_scores(out_path, result, sidecar)

@@ -32,9 +32,8 @@ def load_weights_only(path: str | Path, error: type[AvfuseError], *, what: str =
             raise error(f"not a safe {what}: not a plain state dict but a pickled object ({glob.group(1)}); "
                         "avfuse never unpickles code", path=path, hint=hint) from None
         why = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
-        raise error(f"not a safe {what}: a pickle avfuse does not read, or a damaged file "
-                    f"({_scrub(why.group(1) if why else text)[:160]}); avfuse never unpickles code",
-                    path=path, hint=hint) from None
+        raise error(f"cannot read {what}: not a torch.save file, or a damaged one "
+                    f"({_scrub(why.group(1) if why else text)[:160]})", path=path, hint=hint) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, TypeError,
             AttributeError, IndexError, MemoryError, OverflowError) as e:
         first = _scrub(str(e).splitlines()[0])[:200] if str(e) else "empty"

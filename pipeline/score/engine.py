@@ -77,11 +77,6 @@ def check_missing(cache, trials, *, skip_missing: bool) -> tuple[np.ndarray, np.
             f"from the cache {cache.path}: {_preview(utts[missing].tolist())}",
             path=trials.path,
             hint="extract those clips into the cache, or pass --skip-missing to score the other trials")
-    if len(bad) and bad.all():
-        raise ScoringError(f"0 of {len(bad)} trials can be scored: all name utterances missing from the "
-                           f"cache {cache.path} ({int(missing.sum())} missing: {_preview(utts[missing].tolist())})",
-                           path=trials.path, hint="is this the cache of this trial list? `avfuse cache info` "
-                                                  "lists its splits")
     return rows, ~bad
 
 
@@ -218,7 +213,6 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
             f"{n_unscorable} of {len(scorable)} trials cannot be scored in mode {mode}: a side lacks "
             f"every modality the mode compares (has_audio/has_face False), e.g. {'; '.join(pairs)}",
             path=trials.path, hint="pass --skip-missing to score the other trials, or use another mode")
-    check_scored(scores, scorable, keep, head is not None, trials.path)
     if n_missing == 0 and n_unscorable == 0:      # the common case: no copies
         idx = np.arange(len(ei))
         out = Scores(labels=np.asarray(trials.labels), enrol=trials.enrol, test=trials.test, scores=scores)
@@ -239,17 +233,20 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
     return out
 
 
-def check_scored(scores: np.ndarray, scorable: np.ndarray, keep: np.ndarray, with_head: bool, path) -> None:
-    """0 scored trials, or a non-finite score, is a ``ScoringError`` (before any file is written)."""
-    if not int(scorable.sum()):
-        raise ScoringError(f"0 of {len(keep)} trials could be scored ({int((~keep).sum())} name utterances "
-                           f"missing from the cache)", path=path,
+def check_scored(result: Scores, trials, with_head: bool) -> None:
+    """What ``avfuse score`` refuses to write: 0 scored trials (even with --skip-missing), or a
+    non-finite score (a NaN head or NaN embeddings) -- a ``ScoringError`` before any file exists."""
+    c = result.info["counts"]
+    if not c["n_scored"]:
+        raise ScoringError(f"0 of {c['n_trials_in_list']} trials could be scored ({c['n_skipped_missing']} name "
+                           f"utterances missing from the cache, {c['n_skipped_unscorable']} lack the compared "
+                           f"modalities)", path=trials.path,
                            hint="is this the cache of this trial list? `avfuse cache info` lists its splits")
-    bad = ~np.isfinite(scores[scorable])
+    bad = ~np.isfinite(result.scores)
     if bad.any():
         src = "the head's outputs (are its weights finite?)" if with_head else "the cached embeddings"
         raise ScoringError(f"{int(bad.sum())} of {len(bad)} scores are NaN/inf; they come from {src}",
-                           path=path, hint="retrain the head with a lower --lr" if with_head
+                           path=trials.path, hint="retrain the head with a lower --lr" if with_head
                            else "run `avfuse cache verify` on the cache")
 
 

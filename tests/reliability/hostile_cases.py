@@ -224,7 +224,9 @@ def build(root: Path) -> dict:
     d["scores_bom"] = root / "s_bom.tsv"
     d["scores_bom"].write_bytes(b"\xef\xbb\xbf" + d["scores"].read_bytes())
     d["link"] = root / "link.txt"
-    d["link"].symlink_to(d["trials"])
+    d["link"].symlink_to(d["trials"].name)          # relative: the fixture can be copied
+    d["fifo"] = root / "pipe.tsv"            # a device-like output (never /dev/full: old code replaced it)
+    os.mkfifo(d["fifo"])
     d["hard"] = root / "hard.txt"
     os.link(d["trials"], d["hard"])
     return d
