@@ -160,7 +160,9 @@ def build(root: Path) -> dict:
     d["meta_csv"].write_text("VoxCeleb2 ID,VGGFace2 ID,Gender,Set\nid00000,n0,m,dev\n")
     d["split_gz"] = root / "cut_split.txt.gz"
     d["split_gz"].write_bytes(gzip.compress(b"id00000/vid0/00000 1.0\n" * 200)[:60])
-    (root / "vox" / "wav").mkdir(parents=True)
+    import soundfile as sf
+    (root / "vox" / "wav" / "id00000" / "vid").mkdir(parents=True)   # a one-clip VoxCeleb1 tree
+    sf.write(root / "vox" / "wav" / "id00000" / "vid" / "00001.wav", np.zeros(8000, np.float32), 16000)
     d["vox"] = root / "vox"
     d["config"] = root / "cfg.json"
     d["config"].write_text(json.dumps({"epochs": 1}))
