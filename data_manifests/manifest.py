@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from pipeline.core.errors import ManifestError
+from pipeline.core.fsio import output_mode
 from pipeline.core.progress import progress as progress_
 
 MEDIA_FIELDS = ("audio_path", "video_path", "frames_dir")
@@ -157,6 +158,7 @@ def write_manifest(path: str | Path, records: Iterable[ClipRecord]) -> int:
                 f.write(r.to_json() + "\n")
                 n += 1
         with open(tmp, "rb+") as f:
+            os.fchmod(f.fileno(), output_mode(path))   # the replaced file's mode, else the umask's
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -98,7 +98,7 @@ _JSON_ESCAPED = re.compile(r'["\\\x00-\x1f]')
 def rows_fingerprint(rows: dict) -> str:
     """16 hex chars of sha256 over the ids, speakers and splits (lists or str arrays): the
     hash of each one's ``json.dumps(list, ensure_ascii=False)``, built by a join when no
-    string needs JSON escaping (the common case; 3-4x less CPU on a million rows)."""
+    string needs JSON escaping (the common case; ~1.4x less CPU than json.dumps on a million rows)."""
     h = hashlib.sha256()
     for key in ROW_META:
         v = rows[key]

@@ -35,7 +35,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-#: OSErrors of writing an output (read-only, full, too long, a folder): one line, not a traceback
+#: OSErrors of a file that cannot be written or read (read-only, full, too long, a folder, no
+#: permission) that no command turned into an AvfuseError: one line, not a traceback
 WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.ENAMETOOLONG, errno.EISDIR,
                 errno.ENOTDIR, errno.EACCES, errno.EPERM}
 
@@ -124,8 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:
         if debug or e.errno not in WRITE_ERRNOS:
             raise
-        from pipeline.core.fsio import output_error
-        click.echo(f"avfuse: error: {output_error(e, e.filename or '?')}", err=True)
+        err = AvfuseError(f"cannot access: {e.strerror or e}", path=e.filename,
+                          hint="check the path and its permissions (and free disk space if it is full)")
+        click.echo(f"avfuse: error: {err}", err=True)
         sys.exit(2)
     except SystemExit:
         raise

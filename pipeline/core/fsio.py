@@ -1,4 +1,5 @@
-"""File-system I/O: atomic writes (mode, temp names, one-line write errors), fsync, sha256, temp-file sweeping, process liveness (one of each)."""
+"""File-system I/O: atomic writes (mode, temp names, one-line write errors), fsync, sha256,
+temp-file sweeping, process liveness (one of each)."""
 
 from __future__ import annotations
 
@@ -93,9 +94,22 @@ def output_mode(path: Path) -> int:
     try:
         return os.stat(path).st_mode & 0o7777
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (Linux ``/proc``), else by setting and
+    restoring it (a moment in which other threads would create files with umask 0)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
 
 
 def output_error(e: OSError, path: str | Path) -> OutputError:

@@ -47,6 +47,10 @@ CASES = [
     ("score-out-240-byte-name", S + " --out {o}/" + LONG, 0, None),
     ("score-out-unwritable", S + " --out /sys/avfuse_scores.tsv", 2, r"cannot write output"),
     ("score-out-missing-dir-in-proc", S + " --out /proc/avfuse/s.tsv", 2, r"cannot write output"),
+    ("manifest-out-unwritable", "manifest --root {vox} --layout vox1 --out /sys/avfuse_m.jsonl -q", 2,
+     r"/sys/.*(permission|cannot)"),
+    ("ablate-out-unwritable", "ablate -c {cache} -t {trials} --heads none --missing none --lengths none -q "
+     "-o /sys/avfuse_ablate", 2, r"/sys/avfuse_ablate.*(permission|cannot)"),
     ("evaluate-plot-is-scores", "evaluate --scores {scores} --det-plot {scores}", 2, r"is the input"),
     ("evaluate-plot-folder", "evaluate --scores {scores} --det-plot {o}", 2, r"existing folder"),
     ("train-out-is-config", "train -c {cache} --head mean --config {config} -q --out {config}", 2, r"is the input"),
@@ -271,9 +275,17 @@ def test_ctrl_c_in_train_says_nothing_written(env, capsys):
     assert not (o / "h.pt").exists()
 
 
-def test_case_count():
-    """The table of docs/RELIABILITY.md ("Hostile inputs, round two") counts these cases."""
-    assert len(CASES) + 3 >= 60
+SCENARIOS = 4   # the tests above the table's: modes, full disk, Ctrl-C, float16 overflow
+
+
+def test_case_count_matches_the_report():
+    """At least 60 hostile inputs, and docs/RELIABILITY.md ("Hostile inputs, round two") counts
+    exactly this table plus the scenario tests, with one report row per table row."""
+    assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
+    doc = (REPO / "docs" / "RELIABILITY.md").read_text()
+    section = doc[doc.index("## Hostile inputs, round two"):]
+    assert f"**{len(CASES) + SCENARIOS} hostile inputs**" in section
+    assert all(f"| {name} | " in section for name, *_ in CASES)
 
 
 class _LoudBackbone:
