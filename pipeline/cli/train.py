@@ -41,9 +41,11 @@ def head_costs(audio_dim: int = 192, face_dim: int = 512, *, steps: int = 8, fra
 
     from fusion.registry import list_heads
 
+    from fusion.batch import resolve_device
+
     if threads:
         torch.set_num_threads(threads)
-    dev = torch.device(device)
+    dev = resolve_device(device)
     small = _random_batch(64, audio_dim, face_dim, steps, frames).to(dev)
     big = _random_batch(clips, audio_dim, face_dim, steps, frames, seed=1).to(dev)
     rows = []

@@ -136,6 +136,7 @@ CASES = [
     ("score-short-quiet", S + " --out {o}/s.tsv", 0, None),
     ("train-device-cuda7", "train -c {cache} --head mean -q --device cuda:7 --out {o}/h.pt", 2, r"cuda:7"),
     ("train-device-bogus", "train -c {cache} --head mean -q --device gpu0 --out {o}/h.pt", 2, r"bad --device"),
+    ("heads-device-cuda7", "heads --device cuda:7 --clips 8 --repeats 1", 2, r"cuda:7"),
     ("extract-device-cuda7", "extract -m {manifest} -c {o}/c.zarr --audio-backbone ge2e_lstm "
      "--audio-weights random -q --device cuda:7", 2, r"cuda:7"),
     ("train-option-no-equals", "train -c {cache} --head mlp -q --option dim --out {o}/h.pt", 2, r"KEY=VALUE"),
