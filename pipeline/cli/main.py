@@ -85,7 +85,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-#: commands whose interrupted work is kept and resumed by a rerun; the others write nothing
+#: commands whose interrupted work is kept and resumed by a rerun; ablate keeps its trained heads;
+#: the others write nothing (their outputs are written whole, atomically, at the end)
 RESUMABLE = ("extract", "manifest", "synth", "demo")
 
 
@@ -93,6 +94,9 @@ def _interrupted(args: list[str]) -> None:
     name = next((a for a in args if not a.startswith("-")), "")
     if name in RESUMABLE:
         click.echo("avfuse: interrupted (work finished so far is kept; rerun to resume)", err=True)
+    elif name == "ablate":
+        click.echo("avfuse: interrupted; heads trained so far are kept in OUT/heads (pass --runs OUT/heads "
+                   "to reuse them); the tables are written at the end", err=True)
     else:
         click.echo(f"avfuse: interrupted; {name or 'the command'} wrote nothing (outputs are written whole "
                    f"at the end); rerun it to start over", err=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import signal
 import stat
 import subprocess
@@ -209,7 +210,6 @@ def test_hostile_input(case, env, capsys):
     name, cmd, want, pattern = case
     o = Path(env["out"]) / name
     o.mkdir(parents=True, exist_ok=True)
-    import shlex
     argv = shlex.split(cmd.format(o=o, **env))
     before = _hashes(env["root"])
     code, out, err = run_cli(argv, capsys)
