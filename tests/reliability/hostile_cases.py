@@ -194,6 +194,11 @@ def build(root: Path) -> dict:
     ids = zarr.open_array(str(d["swapped"]), path="ids", mode="r+")
     a, b = ids[0], ids[1]
     ids[0], ids[1] = b, a
+    import h5py
+    d["swapped_h5"] = make_cache(root / "swapped.h5")           # the same damage in an HDF5 cache
+    with h5py.File(d["swapped_h5"], "r+") as f:
+        a, b = f["ids"][0], f["ids"][1]
+        f["ids"][0], f["ids"][1] = b, a
     d["reshaped"] = root / "reshaped.zarr"
     shutil.copytree(d["cache"], d["reshaped"])
     meta = d["reshaped"] / "audio" / "clip" / "zarr.json"

@@ -77,6 +77,8 @@ CASES = [
     # ---- row metadata that does not match its fingerprint; nothing to score
     ("score-swapped-ids", "score --cache {swapped} --trials {trials} --mode AxA -q --out {o}/s.tsv", 2,
      r"does not match its recorded fingerprint"),
+    ("score-swapped-ids-h5", "score --cache {swapped_h5} --trials {trials} --mode AxA -q --out {o}/s.tsv", 2,
+     r"swapped\.h5.*does not match its recorded fingerprint"),
     ("train-swapped-ids", "train -c {swapped} --head mean -q --out {o}/h.pt", 2, r"recorded fingerprint"),
     ("export-swapped-ids", "cache export {swapped} -q --out {o}/x.npz", 2, r"recorded fingerprint"),
     ("verify-swapped-ids", "cache verify {swapped} -q", 1, r"problem"),
@@ -153,6 +155,17 @@ CASES = [
      r"cfg_type\.json.*'epochs' must be int"),
     ("train-config-unknown-key", "train -c {cache} --head mean -q --config {cfg_key_json} --out {o}/h.pt", 2,
      r"unknown TrainConfig field"),
+    ("score-trials-binary", "score --cache {cache} --trials {head} --mode AxA -q --out {o}/s.tsv", 2, r"h\.pt.*UTF-8"),
+    ("evaluate-scores-binary", "evaluate --scores {head}", 2, r"h\.pt"),
+    ("extract-manifest-binary", "extract -m {head} -c {o}/c.zarr --audio-backbone ge2e_lstm --audio-weights random "
+     "--device cpu -q", 2, r"h\.pt.*UTF-8"),
+    ("extract-garbage-weights", "extract -m {manifest} -c {o}/c.zarr --audio-backbone ge2e_lstm --audio-weights "
+     "{garbage} --device cpu -q", 2, r"garbage\.pt: cannot read checkpoint"),
+    ("analyze-nan-head", "analyze -c {cache} --head {head_nan} -q -o {o}/an", 2, r"nan\.pt.*not finite"),
+    ("ablate-nan-head", "ablate -c {cache} -t {trials} --heads none,{head_nan} --missing none --lengths none -q "
+     "-o {o}/ab", 2, r"nan\.pt.*not finite"),
+    ("train-dev-trials-other-cache", "train -c {cache} --head mean -q --dev-trials {other_trials} --out {o}/h.pt",
+     2, r"not in the cache"),
     ("score-trials-missing", "score --cache {cache} --trials {o}/nosuch.txt --mode AxA -q --out {o}/s.tsv", 2,
      r"not found"),
     ("score-cache-missing", "score --cache {o}/nosuch.zarr --trials {trials} --mode AxA -q --out {o}/s.tsv", 2,
