@@ -11,9 +11,9 @@
   ``history`` a list, ``train_config`` an object (when present);
 * every floating weight finite (a head trained into NaN is refused, not scored).
 
-``check_parameter_count(name, audio_dim, face_dim, config, path)`` builds the head on
-PyTorch's ``meta`` device (no memory) and refuses more than ``MAX_PARAMETERS`` parameters,
-so a crafted size never allocates the model before it is refused.
+``check_parameter_count(build, path)`` calls ``build()`` on PyTorch's ``meta`` device (no
+memory) and refuses more than ``MAX_PARAMETERS`` parameters, so a crafted size never
+allocates the model before it is refused.
 """
 
 from __future__ import annotations
@@ -53,13 +53,11 @@ def _json_object(blob: dict, key: str, path) -> dict:
 def check_config(config: dict, path) -> tuple[int, int, dict]:
     """``(audio_dim, face_dim, the other options)`` of a checked head config."""
     config = dict(config)
-    for key in ("audio_dim", "face_dim"):
-        v = config.pop(key, None)
+    dims = {key: config.pop(key, None) for key in ("audio_dim", "face_dim")}
+    for key, v in dims.items():
         if not _whole(v) or not 1 <= v <= MAX_DIM:
             raise HeadError(f"head config {key} must be a whole number in [1, {MAX_DIM}], got {v!r}",
                             path=path, hint=_HINT)
-        config[f"__{key}"] = v
-    audio_dim, face_dim = config.pop("__audio_dim"), config.pop("__face_dim")
     for k, v in config.items():
         top = MAX_REPEAT if k in _REPEATS else MAX_DIM
         if _whole(v) and not 0 <= v <= top:
@@ -69,7 +67,7 @@ def check_config(config: dict, path) -> tuple[int, int, dict]:
         if isinstance(v, (dict, list)):
             raise HeadError(f"head config {k} must be a number, string or bool, got {type(v).__name__}",
                             path=path, hint=_HINT)
-    return audio_dim, face_dim, config
+    return dims["audio_dim"], dims["face_dim"], config
 
 
 def check_meta(meta: dict, path) -> dict:

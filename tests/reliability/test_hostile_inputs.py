@@ -387,3 +387,21 @@ def test_long_name_temp_files_fit_and_are_swept(tmp_path):
     assert path.read_bytes() == b"whole"
     assert not stale.exists()
     assert sorted(os.listdir(tmp_path)) == [path.name]
+
+
+def test_every_head_checkpoint_still_loads(tmp_path):
+    """The checks of an untrusted checkpoint never refuse a genuine one: every registered head
+    (untrained, 12-d audio / 10-d face) saves and loads back with the same weights and config."""
+    import torch
+
+    from fusion.checkpoint import load_head, save_head
+    from fusion.registry import build_head, list_heads
+
+    for entry in list_heads():
+        torch.manual_seed(0)
+        head = build_head(entry.name, 12, 10)
+        save_head(tmp_path / f"{entry.name}.pt", head, {"cache_fingerprint": "x", "history": []})
+        back, meta = load_head(tmp_path / f"{entry.name}.pt")
+        assert back.config == head.config and meta["cache_fingerprint"] == "x"
+        for (k, a), (k2, b) in zip(head.state_dict().items(), back.state_dict().items()):
+            assert k == k2 and torch.equal(a, b), (entry.name, k)
