@@ -13,8 +13,18 @@ def _default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 1)))
 
 
-def _resolve_device(device: str) -> str:
-    from fusion.batch import resolve_device  # one device check: bad names, no CUDA, cuda:N out of range
+def _resolve_device(device: str, remote: bool = False) -> str:
+    """``auto`` -> cuda/cpu; bad names, and (unless the backbones run on a remote ``--scheduler``'s
+    workers, whose GPUs this machine need not have) CUDA devices this machine lacks: one line."""
+    import torch
+
+    from fusion.batch import resolve_device  # the one device check
+    if remote and device != "auto":
+        try:
+            torch.device(device)
+        except (RuntimeError, ValueError, TypeError):
+            resolve_device(device)  # raises the one-line ConfigError
+        return device
     dev = resolve_device(device)
     return device if device != "auto" else dev.type
 
@@ -94,7 +104,7 @@ def extract_cmd(ctx: click.Context, manifest, cache, audio_backbone, audio_weigh
         raise click.UsageError("give --audio-backbone and/or --face-backbone (see `avfuse backbones`)")
     from pipeline.core.outputs import check_output
     check_output(cache, [manifest], flag="--cache", folder=not str(cache).lower().endswith((".h5", ".hdf5")))
-    device = _resolve_device(device)
+    device = _resolve_device(device, remote=bool(dask.get("scheduler")))
     if threads is not None:
         import torch
         torch.set_num_threads(threads)

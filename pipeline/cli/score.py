@@ -120,11 +120,9 @@ def score_cmd(cache_path, trials_path, mode, head_path, norm, cohort, top_k, ski
     from pipeline.cache.reader import open_cache
     from pipeline.core.fsio import sha256_file
     from pipeline.core.metrics import compute_metrics
-    from pipeline.score.engine import check_scored, score_from_cache
-    from pipeline.score.files import write_scores
-
     from pipeline.core.outputs import check_output
-    from pipeline.score.files import sidecar_path
+    from pipeline.score.engine import check_scored, score_from_cache
+    from pipeline.score.files import sidecar_path, write_scores
 
     check_output(out_path, [cache_path, trials_path, head_path, *(cohort.rsplit(":", 1) if cohort else ())],
                  also=[sidecar_path(out_path)])
