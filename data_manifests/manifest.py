@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from pipeline.core.errors import ManifestError
-from pipeline.core.fsio import output_mode
+from pipeline.core.fsio import output_mode, temp_prefix
 from pipeline.core.progress import progress as progress_
 
 MEDIA_FIELDS = ("audio_path", "video_path", "frames_dir")
@@ -150,7 +150,7 @@ def write_manifest(path: str | Path, records: Iterable[ClipRecord]) -> int:
     """Write all records atomically (temp file then rename). Returns the count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f"{temp_prefix(path)}tmp")
     n = 0
     try:
         with _open_text(tmp, "w", gz=str(path).endswith(".gz")) as f:

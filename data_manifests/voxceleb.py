@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -48,7 +49,7 @@ from data_manifests.manifest import ClipRecord, ManifestWriter, iter_manifest, w
 from data_manifests.splits import SplitAssigner, read_split_source
 from pipeline.core.config import fingerprint
 from pipeline.core.errors import DecodeError, ManifestError
-from pipeline.core.fsio import atomic_write_json
+from pipeline.core.fsio import atomic_write_json, temp_prefix
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -480,9 +481,10 @@ def scan_to_manifest(out: str | Path, roots: str | Path | Sequence[str | Path], 
                        "sources": [(s.spec, os.path.getsize(s.path), os.path.getmtime(s.path))
                                    for s in assigner.sources]})
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.{key}.partial.jsonl")
-    errpath = out.with_name(f".{out.name}.{key}.partial.errors.jsonl")
-    for stale in out.parent.glob(f".{out.name}.*.partial*.jsonl"):
+    stem = temp_prefix(out)   # ".NAME." (shortened for long names: the partial names fit NAME_MAX)
+    partial = out.with_name(f"{stem}{key}.partial.jsonl")
+    errpath = out.with_name(f"{stem}{key}.partial.errors.jsonl")
+    for stale in out.parent.glob(f"{glob.escape(stem)}*.partial*.jsonl"):
         if stale not in (partial, errpath) or not resume:
             stale.unlink()
     writer = ManifestWriter(partial)

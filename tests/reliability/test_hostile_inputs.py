@@ -52,6 +52,8 @@ CASES = [
      r"/sys/.*(permission|cannot)"),
     ("ablate-out-unwritable", "ablate -c {cache} -t {trials} --heads none --missing none --lengths none -q "
      "-o /sys/avfuse_ablate", 2, r"/sys/avfuse_ablate.*(permission|cannot)"),
+    ("manifest-out-240-byte-name", "manifest --root {vox} --layout vox1 -q --out {o}/" + LONG[:-4] + ".jsonl", 0,
+     None),
     ("evaluate-plot-is-scores", "evaluate --scores {scores} --det-plot {scores}", 2, r"is the input"),
     ("evaluate-plot-folder", "evaluate --scores {scores} --det-plot {o}", 2, r"existing folder"),
     ("train-out-is-config", "train -c {cache} --head mean --config {config} -q --out {config}", 2, r"is the input"),
