@@ -108,8 +108,8 @@ def check_finite(loss_sum: torch.Tensor, params, epoch: int, lr: float) -> None:
     bad_loss = not bool(torch.isfinite(loss_sum))
     bad_w = [p for p in params if not bool(torch.isfinite(p).all())]
     if bad_loss or bad_w:
-        what = "the loss" + (f" and {len(bad_w)} weight tensor(s)" if bad_w else "") if bad_loss \
-            else f"{len(bad_w)} weight tensor(s)"
+        parts = (["the loss"] if bad_loss else []) + ([f"{len(bad_w)} weight tensor(s)"] if bad_w else [])
+        what = " and ".join(parts)
         raise TrainingError(f"training diverged in epoch {epoch}: {what} became NaN/inf; nothing was written",
                             hint=f"lower --lr (now {lr:g}), e.g. --lr {min(lr / 10, 2e-3):g}")
 

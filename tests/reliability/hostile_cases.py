@@ -1,9 +1,11 @@
 """The fixture of the hostile-input table: one tiny cache, a trained head, trial lists,
-a manifest and a few crafted files, built once per test module (seconds)."""
+a manifest and a few crafted files, built once per test module (seconds); the file hashes
+that show no input changed; a test backbone whose embeddings overflow float16."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -237,3 +239,51 @@ def build(root: Path) -> dict:
     d["hard"] = root / "hard.txt"
     os.link(d["trials"], d["hard"])
     return d
+
+
+def file_hashes(root: str) -> dict[str, str]:
+    """sha256 of every regular file under ``root`` (symlinks skipped: their targets are hashed)."""
+    out = {}
+    for base, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(base, f)
+            if os.path.islink(p) or not os.path.isfile(p):   # links are followed once; a FIFO is never opened
+                continue
+            with open(p, "rb") as fh:
+                out[p] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+class LoudBackbone:
+    """A tiny audio backbone whose embeddings (~1e5) exceed float16's range (65504), like an
+    IResNet with unlucky weights: registered for the overflow test only."""
+
+    @staticmethod
+    def build():
+        import torch
+
+        class Loud(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(1, 4)
+
+            def forward(self, wave, lengths):
+                level = wave.abs().mean(dim=1, keepdim=True)
+                return 1e5 * (1.0 + self.lin(level).abs())
+
+        return Loud()
+
+
+_LOUD: list = []
+
+
+def register_loud_backbone() -> str:
+    from extractors.registry import BackboneEntry, InputSpec, register_backbone
+    if not _LOUD:   # one entry object per process: registering it again is not a duplicate
+        _LOUD.append(BackboneEntry(name="loud_test_backbone", modality="audio", build=LoudBackbone.build,
+                                   spec=InputSpec(modality="audio", embedding_dim=4, sample_rate=16000,
+                                                  features="waveform"),
+                                   load_state=lambda m, sd: m.load_state_dict(sd),
+                                   description="test only: embeddings beyond float16's range"))
+    register_backbone(_LOUD[0])
+    return _LOUD[0].name

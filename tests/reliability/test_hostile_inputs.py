@@ -9,7 +9,6 @@ under the fixture folder before and after). Outputs go to a folder of their own.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shlex
@@ -21,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.hostile_cases import build
+from tests.reliability.hostile_cases import build, register_loud_backbone
+from tests.reliability.hostile_cases import file_hashes as _hashes
 
 REPO = Path(__file__).resolve().parents[2]
 LONG = "L" * 236 + ".tsv"          # a legal 240-byte name: its temp name must still fit
@@ -182,18 +182,6 @@ def env(tmp_path_factory):
     return {k: str(v) for k, v in d.items()} | {"out": str(root / "out")}
 
 
-def _hashes(root: str) -> dict[str, str]:
-    out = {}
-    for base, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(base, f)
-            if os.path.islink(p) or not os.path.isfile(p):   # links are followed once; a FIFO is never opened
-                continue
-            with open(p, "rb") as fh:
-                out[p] = hashlib.sha256(fh.read()).hexdigest()
-    return out
-
-
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     from pipeline.cli.main import main
     try:
@@ -304,41 +292,6 @@ def test_case_count_matches_the_report():
     assert all(f"| {name} | " in section for name, *_ in CASES)
 
 
-class _LoudBackbone:
-    """A tiny audio backbone whose embeddings (~1e5) exceed float16's range (65504), like an
-    IResNet with unlucky weights: registered for the overflow test only."""
-
-    @staticmethod
-    def build():
-        import torch
-
-        class Loud(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.lin = torch.nn.Linear(1, 4)
-
-            def forward(self, wave, lengths):
-                level = wave.abs().mean(dim=1, keepdim=True)
-                return 1e5 * (1.0 + self.lin(level).abs())
-
-        return Loud()
-
-
-_LOUD: list = []
-
-
-def _register_loud() -> str:
-    from extractors.registry import BackboneEntry, InputSpec, register_backbone
-    if not _LOUD:   # one entry object per process: registering it again is not a duplicate
-        _LOUD.append(BackboneEntry(name="loud_test_backbone", modality="audio", build=_LoudBackbone.build,
-                                   spec=InputSpec(modality="audio", embedding_dim=4, sample_rate=16000,
-                                                  features="waveform"),
-                                   load_state=lambda m, sd: m.load_state_dict(sd),
-                                   description="test only: embeddings beyond float16's range"))
-    register_backbone(_LOUD[0])
-    return _LOUD[0].name
-
-
 def test_float16_overflow_is_flagged_not_stored(env, tmp_path, capsys):
     """Embeddings beyond 65504 in a float16 cache: the clips are flagged (stage 'backbone', a
     message naming --dtype float32), never stored as inf; --dtype float32 stores them."""
@@ -348,7 +301,7 @@ def test_float16_overflow_is_flagged_not_stored(env, tmp_path, capsys):
     from data_manifests.manifest import ClipRecord, write_manifest
     from pipeline.cache.reader import open_cache
 
-    name = _register_loud()
+    name = register_loud_backbone()
     wav = tmp_path / "a.wav"
     sf.write(wav, np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1, 16000)
     recs = [ClipRecord(clip_id=f"id0000{i}/v/00001", speaker=f"id0000{i}", video="v", audio_path=str(wav),
