@@ -299,31 +299,35 @@ def test_float16_overflow_is_flagged_not_stored(env, tmp_path, capsys):
     import soundfile as sf
 
     from data_manifests.manifest import ClipRecord, write_manifest
+    from extractors.registry import BACKBONES
     from pipeline.cache.reader import open_cache
 
     name = register_loud_backbone()
-    wav = tmp_path / "a.wav"
-    sf.write(wav, np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1, 16000)
-    recs = [ClipRecord(clip_id=f"id0000{i}/v/00001", speaker=f"id0000{i}", video="v", audio_path=str(wav),
-                       video_path=None, frames_dir=None, duration=1.0, sample_rate=16000, fps=None, num_frames=None,
-                       split="test", dataset="t") for i in range(3)]
-    man = tmp_path / "m.jsonl"
-    write_manifest(man, recs)
-    base = ["extract", "-m", str(man), "--audio-backbone", name, "--audio-weights", "random", "--device", "cpu",
-            "--num-workers", "0", "--segments", "2", "--shard-size", "4", "-q"]
-    code, _, err = run_cli(base + ["-c", str(tmp_path / "f16.zarr")], capsys)
-    assert code == 1, err                          # every clip failed: more than --max-failures
-    assert "--dtype float32" in err and "Traceback" not in err, err
-    with open_cache(tmp_path / "f16.zarr") as c:
-        a = c.to_numpy("audio/clip", dtype=None)
-        assert np.isfinite(a).all() and not c.to_numpy("has_audio").any()
-        fails = c.failures()
-    assert len(fails) == 3 and all(f["stage"] == "backbone" and "--dtype float32" in f["error"] for f in fails)
-    code, _, err = run_cli(base + ["-c", str(tmp_path / "f32.zarr"), "--dtype", "float32"], capsys)
-    assert code == 0, err
-    with open_cache(tmp_path / "f32.zarr") as c:
-        a = c.to_numpy("audio/clip", dtype=None)
-        assert c.to_numpy("has_audio").all() and np.isfinite(a).all() and a.min() > 65504
+    try:
+        wav = tmp_path / "a.wav"
+        sf.write(wav, np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1, 16000)
+        recs = [ClipRecord(clip_id=f"id0000{i}/v/00001", speaker=f"id0000{i}", video="v", audio_path=str(wav),
+                           video_path=None, frames_dir=None, duration=1.0, sample_rate=16000, fps=None, num_frames=None,
+                           split="test", dataset="t") for i in range(3)]
+        man = tmp_path / "m.jsonl"
+        write_manifest(man, recs)
+        base = ["extract", "-m", str(man), "--audio-backbone", name, "--audio-weights", "random", "--device", "cpu",
+                "--num-workers", "0", "--segments", "2", "--shard-size", "4", "-q"]
+        code, _, err = run_cli(base + ["-c", str(tmp_path / "f16.zarr")], capsys)
+        assert code == 1, err                          # every clip failed: more than --max-failures
+        assert "--dtype float32" in err and "Traceback" not in err, err
+        with open_cache(tmp_path / "f16.zarr") as c:
+            a = c.to_numpy("audio/clip", dtype=None)
+            assert np.isfinite(a).all() and not c.to_numpy("has_audio").any()
+            fails = c.failures()
+        assert len(fails) == 3 and all(f["stage"] == "backbone" and "--dtype float32" in f["error"] for f in fails)
+        code, _, err = run_cli(base + ["-c", str(tmp_path / "f32.zarr"), "--dtype", "float32"], capsys)
+        assert code == 0, err
+        with open_cache(tmp_path / "f32.zarr") as c:
+            a = c.to_numpy("audio/clip", dtype=None)
+            assert c.to_numpy("has_audio").all() and np.isfinite(a).all() and a.min() > 65504
+    finally:  # the test backbone must not be listed by later tests of the session
+        BACKBONES._entries.pop(name, None)
 
 
 def test_long_name_temp_files_fit_and_are_swept(tmp_path):
