@@ -26,15 +26,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.reliability_report_parts import BAD, BUGS, OK, _esc, _short, section_untrusted  # noqa: E402
 from tests.reliability import badmedia as bm  # noqa: E402
-from tests.reliability import harness as hx  # noqa: E402
 from tests.reliability import extract_kills as ek  # noqa: E402
+from tests.reliability import harness as hx  # noqa: E402
 from tests.reliability import kill_tools as kt  # noqa: E402
 from tests.reliability import test_bad_inputs as tb  # noqa: E402
 from tests.reliability import test_damage as td  # noqa: E402
 from tests.reliability import test_full_disk as tf  # noqa: E402
 from tests.reliability import test_kills as tk  # noqa: E402
-from benchmarks.reliability_report_parts import BAD, BUGS, OK, _esc, _short, section_untrusted  # noqa: E402
+
 
 def describe(e: bm.Expect) -> str:
     """The expected outcome in words."""

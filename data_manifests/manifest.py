@@ -16,11 +16,13 @@ import hashlib
 import io
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from pipeline.core.errors import ManifestError
+from pipeline.core.fsio import output_mode, temp_prefix
 from pipeline.core.progress import progress as progress_
 
 MEDIA_FIELDS = ("audio_path", "video_path", "frames_dir")
@@ -103,21 +105,36 @@ def iter_manifest(path: str | Path, *, resolve: bool = True) -> Iterator[ClipRec
     if not path.exists():
         raise ManifestError("manifest not found", path=path, hint="create one with `avfuse manifest` or `avfuse synth`")
     base = path.parent if resolve else None
-    with _open_text(path, "r") as f:
-        for i, raw in enumerate(f, start=1):
-            s = raw.strip()
-            if not s:
-                continue
-            try:
-                d = json.loads(s)
-            except json.JSONDecodeError as e:
-                raise ManifestError(f"not valid JSON ({e.msg})", path=path, line=i,
-                                    hint="each line must be one JSON ClipRecord") from None
-            try:
-                rec = ClipRecord.from_dict(d, path=path, line=i)
-            except TypeError as e:  # pragma: no cover - guarded by from_dict
-                raise ManifestError(str(e), path=path, line=i) from None
-            yield rec.resolved(base)
+    try:
+        f = _open_text(path, "r")
+    except OSError as e:
+        raise ManifestError(f"cannot read manifest ({e.strerror or e})", path=path) from None
+    try:
+        yield from _records(f, path, base)
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError) as e:
+        what = ("not UTF-8 text" if isinstance(e, UnicodeDecodeError) else
+                "a truncated or damaged compressed file" if path.name.endswith(".gz") else "unreadable")
+        raise ManifestError(f"cannot read manifest: {what} ({type(e).__name__}: {str(e)[:120]})", path=path,
+                            hint="regenerate it with `avfuse manifest` (or re-download it)") from None
+    finally:
+        f.close()
+
+
+def _records(f, path: Path, base) -> Iterator[ClipRecord]:
+    for i, raw in enumerate(f, start=1):
+        s = raw.strip()
+        if not s:
+            continue
+        try:
+            d = json.loads(s)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"not valid JSON ({e.msg})", path=path, line=i,
+                                hint="each line must be one JSON ClipRecord") from None
+        try:
+            rec = ClipRecord.from_dict(d, path=path, line=i)
+        except TypeError as e:  # pragma: no cover - guarded by from_dict
+            raise ManifestError(str(e), path=path, line=i) from None
+        yield rec.resolved(base)
 
 
 def read_manifest(path: str | Path, *, resolve: bool = True) -> list[ClipRecord]:
@@ -137,7 +154,7 @@ def write_manifest(path: str | Path, records: Iterable[ClipRecord]) -> int:
     """Write all records atomically (temp file then rename). Returns the count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f"{temp_prefix(path)}tmp")
     n = 0
     try:
         with _open_text(tmp, "w", gz=str(path).endswith(".gz")) as f:
@@ -145,6 +162,7 @@ def write_manifest(path: str | Path, records: Iterable[ClipRecord]) -> int:
                 f.write(r.to_json() + "\n")
                 n += 1
         with open(tmp, "rb+") as f:
+            os.fchmod(f.fileno(), output_mode(path))   # the replaced file's mode, else the umask's
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

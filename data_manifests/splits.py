@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zlib
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -38,7 +39,7 @@ def read_split_source(spec: str) -> SplitSource:
       speaker gets ``SPLIT``, which is then required. Blank and ``#`` lines are skipped.
     """
     from data_manifests.ids import normalize_id
-    from pipeline.core.errors import ConfigError
+    from pipeline.core.errors import ConfigError, ManifestError
 
     fname, split = spec, None
     if not os.path.exists(spec) and ":" in spec:
@@ -51,8 +52,14 @@ def read_split_source(spec: str) -> SplitSource:
     clips: dict[str, str] = {}
     speakers: dict[str, str] = {}
     is_csv = fname.endswith((".csv", ".csv.gz"))
-    with _open_text(fname, "r") as f:
-        text = f.read()
+    try:
+        with _open_text(fname, "r") as f:
+            text = f.read()
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError) as e:
+        what = ("not UTF-8 text" if isinstance(e, UnicodeDecodeError) else
+                "a truncated or damaged compressed file" if fname.endswith(".gz") else "unreadable")
+        raise ManifestError(f"cannot read --split-from file: {what} ({type(e).__name__}: {str(e)[:120]})",
+                            path=fname, hint="re-download or regenerate it") from None
     text = text.lstrip("\ufeff")
     if is_csv:
         import csv

@@ -28,6 +28,7 @@ clips, then each ``split_from`` source in order (later wins) -- see ``read_split
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -52,7 +53,7 @@ from data_manifests.probe import SOUNDFILE_EXTS, count_frames, probe_audio_file,
 from data_manifests.splits import SplitAssigner, read_split_source
 from pipeline.core.config import fingerprint
 from pipeline.core.errors import ManifestError
-from pipeline.core.fsio import atomic_write_json
+from pipeline.core.fsio import atomic_write_json, temp_prefix
 from pipeline.core.progress import progress as progress_
 
 
@@ -333,9 +334,10 @@ def scan_to_manifest(out: str | Path, roots: str | Path | Sequence[str | Path], 
                        "sources": [(s.spec, os.path.getsize(s.path), os.path.getmtime(s.path))
                                    for s in assigner.sources]})
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.{key}.partial.jsonl")
-    errpath = out.with_name(f".{out.name}.{key}.partial.errors.jsonl")
-    for stale in out.parent.glob(f".{out.name}.*.partial*.jsonl"):
+    stem = temp_prefix(out)   # ".NAME." (shortened for long names: the partial names fit NAME_MAX)
+    partial = out.with_name(f"{stem}{key}.partial.jsonl")
+    errpath = out.with_name(f"{stem}{key}.partial.errors.jsonl")
+    for stale in out.parent.glob(f"{glob.escape(stem)}*.partial*.jsonl"):
         if stale not in (partial, errpath) or not resume:
             stale.unlink()
     writer = ManifestWriter(partial)

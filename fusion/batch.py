@@ -168,4 +168,17 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None``/``"auto"`` -> ``cuda`` when available, else ``cpu``."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    from pipeline.core.errors import ConfigError
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ConfigError(f"bad --device {device!r} ({str(e).splitlines()[0][:120]})",
+                          hint="use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"--device {device}: no CUDA device on this machine", hint="use --device cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"--device {device}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})",
+                              hint="pick one of them, or --device cpu")
+    return dev

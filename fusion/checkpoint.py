@@ -13,6 +13,7 @@ import io
 import json
 from pathlib import Path
 
+from fusion.checkpoint_schema import check_blob, check_config, check_parameter_count
 from fusion.registry import build_head
 from pipeline.core.errors import HeadError
 from pipeline.core.fsio import atomic_write_bytes
@@ -54,23 +55,20 @@ def load_head(path: str | Path, device: str = "cpu"):
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise HeadError(f"not an avfuse head checkpoint (expected format {CHECKPOINT_FORMAT})", path=path,
                         hint="pass a file written by `avfuse train --out`")
+    name, config, meta, state = check_blob(blob, path)
+    audio_dim, face_dim, options = check_config(config, path)
     try:
-        config = json.loads(blob["config_json"])
-        meta = json.loads(blob["meta_json"])
-        state = blob["state_dict"]
-        name = blob["name"]
-    except (KeyError, ValueError) as e:
-        raise HeadError(f"damaged head checkpoint ({e})", path=path, hint="retrain the head") from e
-    config = dict(config)
-    audio_dim, face_dim = config.pop("audio_dim"), config.pop("face_dim")
-    try:
-        head = build_head(name, audio_dim, face_dim, **config)
+        check_parameter_count(lambda: build_head(name, audio_dim, face_dim, **options), path)
+        head = build_head(name, audio_dim, face_dim, **options)
     except HeadError as e:
         raise HeadError(e.message, path=path, hint=e.hint) from e
+    except (RuntimeError, ValueError, TypeError, OverflowError) as e:
+        raise HeadError(f"cannot build head '{name}' from the checkpoint's config ({str(e).splitlines()[0][:160]})",
+                        path=path, hint="retrain the head") from None
     try:
         head.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise HeadError(f"weights do not fit head '{name}': {str(e).splitlines()[0]}", path=path,
+    except (RuntimeError, ValueError) as e:
+        raise HeadError(f"weights do not fit head '{name}': {str(e).splitlines()[0][:200]}", path=path,
                         hint="the checkpoint was written by another avfuse version; retrain it") from e
     head.to(device).eval()
     return head, meta
@@ -95,3 +93,18 @@ def check_provenance(meta: dict, cache, *, force: bool = False, path: str | Path
     raise HeadError(f"head was trained on a cache with fingerprint {want}, this cache is "
                     f"{cache.fingerprint}{what}", path=path,
                     hint="retrain the head on this cache, or pass --force if the embeddings are compatible")
+
+
+def check_dims(head, cache, path: str | Path | None = None) -> None:
+    """A ``HeadError`` when the head's embedding sizes differ from the cache's (``--force`` cannot
+    bridge that: the shapes do not multiply)."""
+    cfg = getattr(head, "config", None) or {}
+    lay = getattr(cache, "layout", None)
+    if lay is None:
+        return
+    diffs = [f"{m} {cfg.get(k)}-d vs {getattr(lay, k)}-d" for m, k in (("audio", "audio_dim"), ("face", "face_dim"))
+             if cfg.get(k) is not None and getattr(lay, k) is not None and cfg.get(k) != getattr(lay, k)]
+    if diffs:
+        raise HeadError(f"head takes other embedding sizes than this cache ({', '.join(diffs)} in the cache)",
+                        path=path or getattr(head, "path", None),
+                        hint="use a head trained on a cache of these backbones (--force cannot change sizes)")

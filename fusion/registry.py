@@ -58,8 +58,9 @@ class HeadEntry:
         kwargs = {**fixed, **options}
         try:
             head = self.cls(audio_dim=int(audio_dim), face_dim=int(face_dim), **kwargs)
-        except (TypeError, ValueError) as e:
-            raise HeadError(f"cannot build head '{self.name}': {e}") from e
+        except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+            raise HeadError(f"cannot build head '{self.name}': {str(e).splitlines()[0][:200] if str(e) else e!r}",
+                            hint=f"check the options of '{self.name}' (see `avfuse heads`)") from None
         head.name = self.name
         # the full resolved config, so a checkpoint rebuilds the same head even if defaults change
         head.config = {"audio_dim": int(audio_dim), "face_dim": int(face_dim), **known, **kwargs}

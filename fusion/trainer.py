@@ -66,7 +66,7 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 2, "batch size must be >= 2"),
-            (self.lr > 0, "learning rate must be positive"),
+            (self.lr > 0 and math.isfinite(self.lr), "learning rate must be positive and finite"),
             (0.0 <= self.mask_prob < 1.0, "mask probability must be in [0, 1)"),
             (0.0 <= self.warmup < 1.0, "warmup must be a fraction in [0, 1)"),
             (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}"),
@@ -100,6 +100,18 @@ def _mask_modalities(batch: EmbeddingBatch, p: float, gen: torch.Generator) -> E
     which = torch.rand(len(batch), generator=gen, device=batch.device) < 0.5
     drop = (r < p) & both
     return batch.masked(drop & which, drop & ~which)
+
+
+def check_finite(loss_sum: torch.Tensor, params, epoch: int, lr: float) -> None:
+    """Stop with a ``TrainingError`` when the loss or any weight went NaN/inf (once per epoch:
+    a NaN loss makes every later sum NaN, so nothing is missed)."""
+    bad_loss = not bool(torch.isfinite(loss_sum))
+    bad_w = [p for p in params if not bool(torch.isfinite(p).all())]
+    if bad_loss or bad_w:
+        parts = (["the loss"] if bad_loss else []) + ([f"{len(bad_w)} weight tensor(s)"] if bad_w else [])
+        what = " and ".join(parts)
+        raise TrainingError(f"training diverged in epoch {epoch}: {what} became NaN/inf; nothing was written",
+                            hint=f"lower --lr (now {lr:g}), e.g. --lr {min(lr / 10, 2e-3):g}")
 
 
 def build_for_training(head_name: str, cfg: TrainConfig, audio_dim: int, face_dim: int):
@@ -211,6 +223,7 @@ def fit_head(batch: EmbeddingBatch, labels, head_name: str, cfg: TrainConfig | N
                                     clips_s=f"{(s + idx.numel()) / max(el, 1e-9):.0f}")
             if device.type == "cuda":
                 torch.cuda.synchronize()
+            check_finite(loss_sum, params, epoch, cfg.lr)
             secs = time.perf_counter() - t0
             rec = {"epoch": epoch, "loss": float(loss_sum) / n, "acc": float(correct) / max(1.0, float(seen)),
                    "seconds": secs, "clips_per_s": n / max(secs, 1e-9), "lr": opt.param_groups[0]["lr"]}

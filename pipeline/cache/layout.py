@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -90,12 +92,60 @@ def crc32(arr: np.ndarray) -> str:
     return "crc32:%08x" % (zlib.crc32(memoryview(np.ascontiguousarray(arr)).cast("B")) & 0xFFFFFFFF)
 
 
-def rows_fingerprint(rows: dict[str, list[str]]) -> str:
-    """16 hex chars of sha256 over the ids, speakers and splits lists."""
+_JSON_ESCAPED = re.compile(r'["\\\x00-\x1f]')
+
+
+def rows_fingerprint(rows: dict) -> str:
+    """16 hex chars of sha256 over the ids, speakers and splits (lists or str arrays): the
+    hash of each one's ``json.dumps(list, ensure_ascii=False)``, built by a join when no
+    string needs JSON escaping (the common case; ~1.4x less CPU than json.dumps on a million rows)."""
     h = hashlib.sha256()
     for key in ROW_META:
-        h.update(json.dumps(list(rows[key]), ensure_ascii=False).encode())
+        v = rows[key]
+        items = v.tolist() if isinstance(v, np.ndarray) else [str(x) for x in v]
+        if not items or _JSON_ESCAPED.search("".join(items)):
+            h.update(json.dumps(items, ensure_ascii=False).encode())
+        else:
+            h.update(('["' + '", "'.join(items) + '"]').encode())
     return h.hexdigest()[:16]
+
+
+_ROWS_CHECKED: set[tuple] = set()   # (store, fingerprint, file stamps) whose row metadata hashed right
+
+
+def _rows_stamp(path) -> tuple:
+    """Size, mtime and inode of the files holding a store's row metadata (the whole file for HDF5)."""
+    path = os.path.realpath(path)
+    if not os.path.isdir(path):
+        st = os.stat(path)
+        return ((path, st.st_size, st.st_mtime_ns, st.st_ino),)
+    out = []
+    for key in ROW_META:
+        for root, _, files in os.walk(os.path.join(path, key)):
+            for f in files:
+                st = os.stat(os.path.join(root, f))
+                out.append((os.path.join(root, f), st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(sorted(out))
+
+
+def check_rows(rows: dict, header: dict, path) -> None:
+    """The ``CacheError`` of ``avfuse cache verify`` when the row metadata (ids/speakers/splits)
+    does not hash to the fingerprint recorded at creation (swapped, edited or lost ids).
+    A store whose row-metadata files are unchanged since they last hashed right in this
+    process is not hashed again (the hash costs ~0.5 s CPU per million rows)."""
+    try:
+        key = (os.path.realpath(path), header.get("rows_fingerprint"), _rows_stamp(path))
+    except OSError:
+        key = None
+    if key is not None and key in _ROWS_CHECKED:
+        return
+    if rows_fingerprint(rows) == header.get("rows_fingerprint"):
+        if key is not None:
+            _ROWS_CHECKED.add(key)
+        return
+    raise CacheError("row metadata (ids/speakers/splits) does not match its recorded fingerprint",
+                     path=path, hint="the store was edited or damaged; re-extract into a new cache "
+                                     "(`avfuse cache verify` lists its problems)")
 
 
 def _short(v: Any, n: int = 48) -> str:

@@ -25,7 +25,16 @@ import numpy as np
 
 from pipeline.cache.arrays import CacheArray
 from pipeline.cache.backends import CacheBackend, backend_for
-from pipeline.cache.layout import FORMAT, FORMAT_VERSION, ArraySpec, CacheLayout, array_specs, crc32
+from pipeline.cache.layout import (
+    FORMAT,
+    FORMAT_VERSION,
+    ROW_META,
+    ArraySpec,
+    CacheLayout,
+    array_specs,
+    check_rows,
+    crc32,
+)
 from pipeline.core.config import fingerprint
 from pipeline.core.errors import CacheError
 
@@ -86,12 +95,14 @@ class EmbeddingCache:
         self.refresh()
 
     # ---- row metadata -------------------------------------------------
-    def _row_meta(self, key: str) -> np.ndarray:
-        """``ids``/``speakers``/``splits``, each read and decoded once per open cache."""
+    def _row_meta(self, key: str, check: bool = True) -> np.ndarray:
+        """``ids``/``speakers``/``splits``, read, decoded and checked against the recorded row
+        fingerprint once per open cache (``check=False``: unchecked, for ``verify``)."""
         if self._rows is None:
-            self._rows = {}
-        if key not in self._rows:
-            self._rows[key] = self._backend.read_row_meta(key)
+            rows = {k: self._backend.read_row_meta(k) for k in ROW_META}
+            if check:
+                check_rows(rows, self.header, self.path)
+            self._rows = rows
         return self._rows[key]
 
     @property
@@ -200,8 +211,8 @@ class EmbeddingCache:
     def _not_done(self, k: int) -> CacheError:
         s = self.shard_slice(k)
         return CacheError(f"shard {k} (rows {s.start}-{s.stop - 1}) is not done", path=self.path,
-                          hint="finish it with `avfuse extract` (reruns resume), or read with "
-                               "allow_incomplete=True")
+                          hint="finish it with `avfuse extract` (reruns resume); `avfuse cache export "
+                               "--allow-incomplete` exports the done rows")
 
     # ---- reading --------------------------------------------------------
     def _spec(self, name: str) -> ArraySpec:

@@ -23,8 +23,8 @@ from pipeline.cache.reader import open_cache
 from pipeline.cache.testing import (
     KILL_SCRIPT,
     LAYOUT,
-    N,
     PROV,
+    N,
     ReaderContract,
     corrupt_chunk,
     edit_header,

@@ -14,6 +14,17 @@ def _split(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
+def parse_modes(text: str | None, flag: str = "--modes") -> list[str]:
+    """Comma-separated mode names, all known and at least one; else ``ConfigError``."""
+    from pipeline.core.modes import MODES
+    modes = _split(text)
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise ConfigError(f"{flag}: unknown mode(s) {', '.join(unknown)}" if unknown else f"{flag} is empty",
+                          hint=f"known modes: {','.join(MODES)}")
+    return modes
+
+
 def parse_floats(text: str, what: str) -> list[float]:
     """``"0,0.1,0.25"`` -> floats (``"none"``/empty: no values); bad -> ``ConfigError``."""
     if text.strip().lower() in ("", "none", "off"):
@@ -89,12 +100,21 @@ def ablate_cmd(cache_path, trials_path, out_dir, heads, modes, runs_dir, train, 
       avfuse ablate -c toy.zarr -t toy/trials/test.txt --heads none,dca --train \\
           --sweep dca.temperature=0.05,0.1,0.5,1 --missing none -o dca_t/
     """
+    from pipeline.core.outputs import check_output
     from pipeline.experiments.ablate import format_table, run_ablation
+
+    systems = _split(heads)
+    if not systems:
+        raise ConfigError("--heads is empty: no system to evaluate",
+                          hint="e.g. --heads none,mean,dca (see `avfuse heads`)")
+    check_output(out_dir, [cache_path, trials_path, dev_trials, *[h for h in systems if h.endswith(".pt")]],
+                  folder=True)
+    mode_list = parse_modes(modes)
 
     cfg = train_config(config_path, epochs=epochs, batch_size=batch_size, lr=lr, mask_prob=mask_prob, seed=seed,
                        split=split, device=device)
     result = run_ablation(
-        cache_path, trials_path, _split(heads), _split(modes), out_dir, runs_dir=runs_dir, train=train,
+        cache_path, trials_path, systems, mode_list, out_dir, runs_dir=runs_dir, train=train,
         dev_trials=dev_trials, train_cfg=cfg, missing=parse_floats(missing_text, "missing"),
         lengths=parse_ints(lengths_text, "lengths"), sweeps=list(sweeps), corpus_dir=corpus_dir,
         missing_seed=missing_seed, skip_missing=not no_skip, force=force, progress=not quiet)

@@ -41,13 +41,16 @@ def analyze_cmd(cache_path, out_dir, heads, trials_path, split, modes, max_clips
       avfuse analyze -c toy.zarr --head runs/mean.pt --head runs/dca.pt \\
           --trials toy/trials/test.txt -o report/
     """
-    from pipeline.cli.ablate import _split
+    from pipeline.cli.ablate import parse_modes
+    from pipeline.core.outputs import check_output
     from pipeline.experiments.analyze import run_analysis
     from pipeline.report.analysis import GEOMETRY_COLUMNS
     from pipeline.report.tables import text_table
 
+    check_output(out_dir, [cache_path, trials_path, *heads], folder=True)
+    mode_list = parse_modes(modes)
     result = run_analysis(cache_path, out_dir, heads=list(heads), trials=trials_path, split=split,
-                          modes=_split(modes), max_clips=max_clips, seed=seed, force=force, progress=not quiet)
+                          modes=mode_list, max_clips=max_clips, seed=seed, force=force, progress=not quiet)
     cols = GEOMETRY_COLUMNS[:-1]
     click.echo(text_table(result["geometry"], cols,
                           ["system", "sil A", "sil V", "sil AV", "angle/clip", "median", "angle/id", "clips", "ids"]),

@@ -16,6 +16,8 @@ from pipeline.cache.reader import EmbeddingCache, open_cache
 from pipeline.cache.writer import open_writer
 from pipeline.cli.cache_import import import_cmd
 from pipeline.core.errors import CacheError
+from pipeline.core.fsio import output_error, output_mode, temp_prefix, writer_tag
+from pipeline.core.outputs import as_output_error, check_output
 from pipeline.core.progress import progress as progress_
 
 
@@ -39,40 +41,49 @@ def export_npz(cache: EmbeddingCache, out: str | Path, *, allow_incomplete: bool
         raise CacheError(f"cache is incomplete: {len(cache.done_shards())} of {cache.n_shards} shards "
                          f"done", path=cache.path,
                          hint="finish it with `avfuse extract`, or pass --allow-incomplete")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    with as_output_error(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        mode = output_mode(out)
+    tmp = out.with_name(f"{temp_prefix(out)}{writer_tag()}-{uuid.uuid4().hex[:8]}.tmp")
     bar = progress_(total=len(cache.names) * cache.n_shards, desc="exporting", unit="chunk", enabled=progress,
                    leave=True)
     try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            meta = {"ids": cache.ids, "speakers": cache.speakers, "splits": cache.splits}
-            if allow_incomplete:
-                meta["done"] = cache.done_mask()
-            for key, arr in meta.items():
-                with zf.open(key + ".npy", "w", force_zip64=True) as f:
-                    np.lib.format.write_array(f, np.asarray(arr), allow_pickle=False)
-            for name in cache.names:
-                spec = cache.specs[name]
-                dt = np.dtype(bool) if spec.dtype == "bool" else np.dtype(np.float32)
-                with zf.open(name + ".npy", "w", force_zip64=True) as f:
-                    np.lib.format.write_array_header_1_0(
-                        f, {"descr": np.lib.format.dtype_to_descr(dt), "fortran_order": False,
-                            "shape": spec.shape})
-                    for k in range(cache.n_shards):
-                        s = cache.shard_slice(k)
-                        if k in cache.done_shards():
-                            block = cache.read_shard(name, k).astype(dt, copy=False)
-                        else:
-                            block = np.zeros((s.stop - s.start, *spec.shape[1:]), dtype=dt)
-                        f.write(np.ascontiguousarray(block).tobytes())
-                        bar.update(1)
+        _write_npz(cache, tmp, allow_incomplete, bar)
         with open(tmp, "rb+") as f:
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, out)
+    except OSError as e:
+        raise output_error(e, out) from None
     finally:
         bar.close()
         tmp.unlink(missing_ok=True)
     return out
+
+
+def _write_npz(cache: EmbeddingCache, tmp: Path, allow_incomplete: bool, bar) -> None:
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        meta = {"ids": cache.ids, "speakers": cache.speakers, "splits": cache.splits}
+        if allow_incomplete:
+            meta["done"] = cache.done_mask()
+        for key, arr in meta.items():
+            with zf.open(key + ".npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(arr), allow_pickle=False)
+        for name in cache.names:
+            spec = cache.specs[name]
+            dt = np.dtype(bool) if spec.dtype == "bool" else np.dtype(np.float32)
+            with zf.open(name + ".npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": np.lib.format.dtype_to_descr(dt), "fortran_order": False,
+                        "shape": spec.shape})
+                for k in range(cache.n_shards):
+                    s = cache.shard_slice(k)
+                    if k in cache.done_shards():
+                        block = cache.read_shard(name, k).astype(dt, copy=False)
+                    else:
+                        block = np.zeros((s.stop - s.start, *spec.shape[1:]), dtype=dt)
+                    f.write(np.ascontiguousarray(block).tobytes())
+                    bar.update(1)
 
 
 @click.group("cache", context_settings={"help_option_names": ["-h", "--help"]})
@@ -172,6 +183,7 @@ def export_cmd(cache: Path, out: Path, fmt: str, allow_incomplete: bool, quiet: 
     """Export CACHE to one .npz for other tools: ids, speakers, splits (str) and every
     array (embeddings as float32, flags as bool), read shard by shard and checksum-checked;
     or (--format kaldi) to Kaldi ark + scp per array, as WeSpeaker / 3D-Speaker / Kaldi read them."""
+    check_output(out, [cache], folder=(fmt == "kaldi"))
     c = open_cache(cache)
     if fmt == "kaldi":
         from pipeline.cache.importer import export_kaldi
@@ -180,7 +192,6 @@ def export_cmd(cache: Path, out: Path, fmt: str, allow_incomplete: bool, quiet: 
         return
     path = export_npz(c, out, allow_incomplete=allow_incomplete, progress=not quiet)
     click.echo(f"wrote {path} ({c.n_rows} rows, {len(c.names)} arrays, {_size(path.stat().st_size)})")
-
 
 
 cache_group.add_command(import_cmd)

@@ -49,6 +49,9 @@ def import_cmd(out, audio, face, audio_segments, face_frames, manifest, split, d
     are read, and the cache appears at --out only when complete.
     """
     from pipeline.cache.importer import ImportConfig, import_cache
+    from pipeline.core.outputs import check_output
+
+    check_output(out, [*audio, *face, *audio_segments, *face_frames, manifest], folder=Path(out).suffix != ".h5")
     summary = import_cache(out, audio=audio, face=face, audio_segments=audio_segments, face_frames=face_frames,
                            manifest=manifest, cfg=ImportConfig(split=split, dtype=dtype, shard_size=shard_size),
                            overwrite=overwrite, progress=not quiet)

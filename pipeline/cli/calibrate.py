@@ -72,7 +72,10 @@ def fit_cmd(scores_paths, quality, cohort, top_k, cache_path, prior, l2, out_pat
     The trials of every --scores file must match line by line (same enrol, test and
     label). Prints the dev Cllr of each input and of the calibrated output.
     """
+    from pipeline.core.outputs import check_output
     from pipeline.score.calibrate import fit, parse_quality
+
+    check_output(out_path, [*scores_paths, cache_path])
 
     q = parse_quality(quality)
     if cohort and "cohort" not in q:
@@ -109,7 +112,11 @@ def apply_cmd(model_path, scores_paths, cache_path, out_path, quiet):
     """
     from pipeline.core.config import fingerprint
     from pipeline.core.fsio import sha256_file
+    from pipeline.core.outputs import check_output
     from pipeline.score.calibrate import CalibrationModel, apply
+    from pipeline.score.files import sidecar_path
+
+    check_output(out_path, [model_path, *scores_paths, cache_path], also=[sidecar_path(out_path)])
     from pipeline.score.files import sidecar_path, write_scores
 
     model = CalibrationModel.load(model_path)

@@ -121,6 +121,8 @@ def demo_cmd(out: str, quick: bool, epochs: int | None) -> None:
     speaker encoder shipped in the `resemblyzer` wheel; the face backbone is a seeded
     random-init IResNet-18 (the toy faces are procedural). Rerunning resumes every step.
     """
+    from pipeline.core.outputs import check_output
+    check_output(out, folder=True)
     t0 = time.perf_counter()
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,9 @@ def export_head_cmd(run: Path, onnx_path: Path, opset: int, check: bool) -> None
     from fusion.checkpoint import load_head
     from fusion.onnx_export import check_onnx, export_onnx
     from pipeline.core.errors import HeadError
+    from pipeline.core.outputs import check_output
+
+    check_output(onnx_path, [run], flag="--onnx")
     if check is None:
         import importlib.util
         check = importlib.util.find_spec("onnxruntime") is not None

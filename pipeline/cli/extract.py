@@ -13,11 +13,20 @@ def _default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 1)))
 
 
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
+def _resolve_device(device: str, remote: bool = False) -> str:
+    """``auto`` -> cuda/cpu; bad names, and (unless the backbones run on a remote ``--scheduler``'s
+    workers, whose GPUs this machine need not have) CUDA devices this machine lacks: one line."""
     import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
+
+    from fusion.batch import resolve_device  # the one device check
+    if remote and device != "auto":
+        try:
+            torch.device(device)
+        except (RuntimeError, ValueError, TypeError):
+            resolve_device(device)  # raises the one-line ConfigError
+        return device
+    dev = resolve_device(device)
+    return device if device != "auto" else dev.type
 
 
 @click.command("extract", context_settings={"help_option_names": ["-h", "--help"],
@@ -93,7 +102,9 @@ def extract_cmd(ctx: click.Context, manifest, cache, audio_backbone, audio_weigh
             raise click.UsageError(f"--{mod}-weights needs --{mod}-backbone")
     if not audio_backbone and not face_backbone:
         raise click.UsageError("give --audio-backbone and/or --face-backbone (see `avfuse backbones`)")
-    device = _resolve_device(device)
+    from pipeline.core.outputs import check_output
+    check_output(cache, [manifest], flag="--cache", folder=not str(cache).lower().endswith((".h5", ".hdf5")))
+    device = _resolve_device(device, remote=bool(dask.get("scheduler")))
     if threads is not None:
         import torch
         torch.set_num_threads(threads)

@@ -7,6 +7,7 @@ Commands live in the package that owns them; this module only maps a name to
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.util
 import sys
@@ -35,6 +36,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ablate": ("pipeline.cli.ablate", "ablate_cmd", "Head x mode table, missing-modality and clip-length ablations."),
     "analyze": ("pipeline.cli.analyze", "analyze_cmd", "Embedding analysis report: angles, silhouettes, projections, DET."),
 }
+
+
+#: OSErrors of a file that cannot be written or read (read-only, full, too long, a folder, no
+#: permission) that no command turned into an AvfuseError: one line, not a traceback
+WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.ENAMETOOLONG, errno.EISDIR,
+                errno.ENOTDIR, errno.EACCES, errno.EPERM}
 
 
 def _available(name: str) -> bool:
@@ -81,6 +88,24 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+#: commands whose interrupted work is kept and resumed by a rerun; ablate keeps its trained heads;
+#: the others write nothing (their outputs are written whole, atomically, at the end)
+RESUMABLE = ("extract", "manifest", "synth", "demo")
+
+
+def _interrupted(args: list[str]) -> None:
+    name = next((a for a in args if not a.startswith("-")), "")
+    if name in RESUMABLE:
+        click.echo("avfuse: interrupted (work finished so far is kept; rerun to resume)", err=True)
+    elif name == "ablate":
+        click.echo("avfuse: interrupted; heads trained so far are kept in OUT/heads (pass --runs OUT/heads "
+                   "to reuse them); the tables are written at the end", err=True)
+    else:
+        click.echo(f"avfuse: interrupted; {name or 'the command'} wrote nothing (outputs are written whole "
+                   f"at the end); rerun it to start over", err=True)
+    sys.exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
@@ -91,15 +116,26 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"avfuse: error: {e}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("avfuse: interrupted (work finished so far is kept; rerun to resume)", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as e:
+        # click raises Abort for a KeyboardInterrupt *and* for any EOFError (a truncated .gz)
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, EOFError) and not debug:
+            click.echo(f"avfuse: error: an input file ended early ({cause or 'EOFError'}) -- is a "
+                       f"compressed input truncated? re-download or regenerate it", err=True)
+            sys.exit(2)
+        _interrupted(args)
     except KeyboardInterrupt:
-        click.echo("avfuse: interrupted (work finished so far is kept; rerun to resume)", err=True)
-        sys.exit(130)
+        _interrupted(args)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
+    except OSError as e:
+        if debug or e.errno not in WRITE_ERRNOS:
+            raise
+        err = AvfuseError(f"cannot access: {e.strerror or e}", path=e.filename,
+                          hint="check the path and its permissions (and free disk space if it is full)")
+        click.echo(f"avfuse: error: {err}", err=True)
+        sys.exit(2)
     except SystemExit:
         raise
     else:

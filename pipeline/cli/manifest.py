@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -75,6 +76,10 @@ def manifest_cmd(roots, layout, out, split_from, split, dataset, durations, prob
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)} (or use --check MANIFEST)")
     from data_manifests.voxceleb import scan_to_manifest
+    from pipeline.core.outputs import check_output
+
+    sources = [x if os.path.exists(x) or ":" not in x else x.rsplit(":", 1)[0] for x in split_from]
+    check_output(out, sources, also=[f"{out}.scan.json"])
 
     if probe and durations:
         raise click.UsageError("--probe reads durations from the headers; drop --durations or --probe")

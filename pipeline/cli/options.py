@@ -34,13 +34,20 @@ def train_config(config_path=None, **flags):
     if config_path:
         with open(config_path, encoding="utf-8") as f:
             try:
-                cfg = from_dict(TrainConfig, json.load(f))
-            except ValueError as e:
-                raise ConfigError(f"not valid JSON: {e}", path=config_path) from e
+                data = json.load(f)
+            except ValueError as e:  # bad JSON, or not UTF-8
+                raise ConfigError(f"not a valid UTF-8 JSON TrainConfig: {e}", path=config_path) from None
+        try:
+            cfg = from_dict(TrainConfig, data)
+        except ConfigError as e:
+            raise ConfigError(e.message, path=config_path, hint=e.hint) from None
     for k, v in flags.items():
         if v is not None:
             setattr(cfg, k, v)
-    cfg.validate()
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        raise ConfigError(e.message, path=config_path, hint=e.hint) from None
     return cfg
 
 

@@ -74,7 +74,7 @@ def _head_info(path: str, head, meta: dict) -> dict:
               help="Scores TSV to write (one per --trials, in order); provenance goes to <out>.json.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Utterances per head batch.")
-@click.option("--quiet", is_flag=True, help="No progress bars or summary.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary.")
 def score_cmd(cache_path, trials_paths, mode, head_path, norm, cohort, top_k, skip_missing, force,
               out_paths, batch_size, quiet):
     """Score a trial list from the embedding cache.
@@ -93,9 +93,13 @@ def score_cmd(cache_path, trials_paths, mode, head_path, norm, cohort, top_k, sk
     from pipeline.cache.reader import open_cache
     from pipeline.core.fsio import sha256_file
     from pipeline.core.metrics import compute_metrics
-    from pipeline.score.engine import score_from_cache
-    from pipeline.score.files import write_scores
+    from pipeline.core.outputs import check_output
+    from pipeline.score.engine import check_scored, score_from_cache
+    from pipeline.score.files import sidecar_path, write_scores
 
+    inputs = [cache_path, *trials_paths, head_path, *(cohort.rsplit(":", 1) if cohort else ())]
+    for op in out_paths:
+        check_output(op, inputs, also=[sidecar_path(op)])
     if norm != "none" and not cohort:
         raise ConfigError(f"--norm {norm} needs --cohort", hint="e.g. --cohort train")
     if norm == "none" and cohort:
@@ -106,8 +110,9 @@ def score_cmd(cache_path, trials_paths, mode, head_path, norm, cohort, top_k, sk
     cache = open_cache(cache_path)
     head = head_info = meta = None
     if head_path:
-        from fusion.checkpoint import check_provenance, load_head
+        from fusion.checkpoint import check_dims, check_provenance, load_head
         head, meta = load_head(head_path)
+        check_dims(head, cache, path=head_path)
         check_provenance(meta, cache, force=force, path=head_path)
         head_info = _head_info(head_path, head, meta)
     if len(trials_paths) > 1:
@@ -124,6 +129,7 @@ def score_cmd(cache_path, trials_paths, mode, head_path, norm, cohort, top_k, sk
     result = score_from_cache(cache, trials, mode, head=head, head_meta=meta, norm=norm, cohort=cohort,
                               top_k=top_k, skip_missing=skip_missing, force=force, batch_size=batch_size,
                               progress=not quiet)
+    check_scored(result, trials, head is not None)   # 0 scored or a NaN score: nothing is written
     sidecar = build_sidecar(cache=cache, trials=trials, trials_sha=sha256_file(trials_path), mode=mode,
                             result=result, head_info=head_info, skip_missing=skip_missing, force=force)
     write_scores(out_path, result, sidecar)
@@ -213,6 +219,9 @@ def evaluate_cmd(scores_paths, as_json, det_plot, labels, title, threshold_at, b
     if labels and len(labels) != len(scores_paths):
         raise ConfigError(f"{len(labels)} --label for {len(scores_paths)} --scores",
                           hint="give one --label per --scores, or none")
+    from pipeline.core.outputs import check_output
+
+    check_output(det_plot, scores_paths, flag="--det-plot")
     if det_plot and Path(det_plot).suffix.lower().lstrip(".") not in PLOT_FORMATS:
         raise ConfigError(f"unsupported plot format {Path(det_plot).suffix or '(none)'}", path=det_plot,
                           hint=f"name the plot *.{' / *.'.join(PLOT_FORMATS)}")

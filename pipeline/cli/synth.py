@@ -60,7 +60,8 @@ def synth_cmd(out_dir, layout, speakers, videos_per_speaker, clips_per_video, se
     from data_manifests.synth.face import FaceVariation
     from data_manifests.synth.voice import VoiceVariation
     from pipeline.core.errors import ConfigError
-
+    from pipeline.core.outputs import check_output
+    check_output(out_dir, folder=True)
     for name, v in (("--audio-variation", audio_variation), ("--face-variation", face_variation)):
         if not 0 <= v <= 3:
             raise ConfigError(f"{name} must be in [0, 3], got {v}", hint="1.0 is the default difficulty")

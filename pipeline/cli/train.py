@@ -39,11 +39,12 @@ def head_costs(audio_dim: int = 192, face_dim: int = 512, *, steps: int = 8, fra
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from fusion.batch import resolve_device
     from fusion.registry import list_heads
 
     if threads:
         torch.set_num_threads(threads)
-    dev = torch.device(device)
+    dev = resolve_device(device)
     small = _random_batch(64, audio_dim, face_dim, steps, frames).to(dev)
     big = _random_batch(clips, audio_dim, face_dim, steps, frames, seed=1).to(dev)
     rows = []
@@ -144,8 +145,9 @@ def train_cmd(cache_path, head_name, out, config_path, epochs, batch_size, lr, m
     from fusion.checkpoint import save_head
     from fusion.registry import get_head
     from pipeline.cache.reader import open_cache
+    from pipeline.core.outputs import check_output
     from pipeline.train.run import checkpoint_meta, train_head
-
+    check_output(out, [cache_path, config_path, dev_trials])
     cfg = train_config(config_path, epochs=epochs, batch_size=batch_size, lr=lr, mask_prob=mask_prob, loss=loss,
                        margin=margin, scale=scale, temperature=temperature, seed=seed, patience=patience,
                        split=split, device=device)

@@ -1,7 +1,7 @@
 """The ground of avfuse: what every package may import, importing nothing else of avfuse.
 
 errors (one typed hierarchy), config (JSON round-trip and fingerprints), fsio (atomic
-writes, fsync, sha256, temp sweeping, pid liveness), registry (one name -> entry
+writes, fsync, sha256, temp sweeping, pid liveness), outputs (the one output-path guard), registry (one name -> entry
 mechanism), modes (the modality modes and vocabulary), metrics (EER, minDCF, error
 curves; numpy only), linalg (L2 normalisation), progress (the one tqdm factory),
 safeload (``torch.load(weights_only=True)`` with one-line refusals).
@@ -17,6 +17,7 @@ from pipeline.core.errors import (
     DecodeError,
     HeadError,
     ManifestError,
+    OutputError,
     ScoringError,
     TrainingError,
     TrialListError,
@@ -36,15 +37,16 @@ from pipeline.core.fsio import (
 from pipeline.core.linalg import l2_normalize
 from pipeline.core.metrics import ErrorCurves, compute_metrics, eer, error_curves, min_dcf
 from pipeline.core.modes import MODALITIES, MODALITY_NAMES, MODES, parse_mode
+from pipeline.core.outputs import as_output_error, check_output
 from pipeline.core.progress import progress, progress_bar
 from pipeline.core.registry import Registry
 
 __all__ = [
     "AvfuseError", "BackboneError", "CacheError", "ClusterError", "ConfigError", "DecodeError", "HeadError",
-    "ManifestError", "ScoringError", "TrainingError", "TrialListError",
+    "ManifestError", "OutputError", "ScoringError", "TrainingError", "TrialListError",
     "canonical_json", "fingerprint", "from_dict", "to_dict",
     "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir", "fsync_file",
     "is_dead_local_writer", "pid_alive", "sha256_file", "sweep_dead_temps", "writer_tag",
-    "l2_normalize", "ErrorCurves", "compute_metrics", "eer", "error_curves", "min_dcf",
+    "l2_normalize", "as_output_error", "check_output", "ErrorCurves", "compute_metrics", "eer", "error_curves", "min_dcf",
     "MODALITIES", "MODALITY_NAMES", "MODES", "parse_mode", "progress", "progress_bar", "Registry",
 ]

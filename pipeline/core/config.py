@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,8 +49,40 @@ def from_dict(cls: type[T], data: dict) -> T:
     for k, v in data.items():
         ftype = hints.get(k, names[k].type)
         sub = _dataclass_type(ftype)
+        if sub is None and not _fits(v, ftype):
+            raise ConfigError(f"{cls.__name__} field {k!r} must be {_type_name(ftype)}, got {v!r}",
+                              hint="fix the value in the config file")
         kwargs[k] = from_dict(sub, v) if sub is not None and isinstance(v, dict) else v
     return cls(**kwargs)
+
+
+_SCALARS = (bool, int, float, str, dict, list)
+
+
+def _fits(v: Any, ftype: Any) -> bool:
+    """Whether JSON value ``v`` fits a plain field type (bool/int/float/str/dict/list, optionally
+    ``| None``); other annotations are not checked."""
+    args = typing.get_args(ftype) if typing.get_origin(ftype) in (typing.Union, types.UnionType) else ()
+    options = args or (ftype,)
+    plain = [typing.get_origin(t) or t for t in options]
+    if not all(t in _SCALARS or t is type(None) for t in plain):
+        return True
+    for t in plain:
+        if t is type(None) and v is None:
+            return True
+        if t is bool and isinstance(v, bool):
+            return True
+        if t is int and isinstance(v, int) and not isinstance(v, bool):
+            return True
+        if t is float and isinstance(v, (int, float)) and not isinstance(v, bool):
+            return True
+        if t in (str, dict, list) and isinstance(v, t):
+            return True
+    return False
+
+
+def _type_name(ftype: Any) -> str:
+    return str(ftype).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 def _dataclass_type(ftype: Any) -> type | None:

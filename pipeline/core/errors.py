@@ -70,5 +70,9 @@ class ScoringError(AvfuseError):
     """Trials that cannot be scored (missing utterances, bad mode, bad cohort)."""
 
 
+class OutputError(AvfuseError):
+    """An output that cannot be written: read-only or full file system, a folder, a name too long."""
+
+
 class ClusterError(AvfuseError):
     """A Dask cluster that cannot be started or reached."""

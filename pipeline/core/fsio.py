@@ -1,8 +1,10 @@
-"""File-system I/O: atomic writes, fsync, sha256, temp-file sweeping, process liveness (one of each)."""
+"""File-system I/O: atomic writes (mode, temp names, one-line write errors), fsync, sha256,
+temp-file sweeping, process liveness (one of each)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import to_dict
+from pipeline.core.errors import OutputError
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -29,26 +32,98 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync, then rename over it.
 
-    The temp file is named ``.NAME.HOST-PID.XXXX.tmp``; a writer killed mid-write leaves
-    it behind (never read), and the next successful write of ``path`` on the same host
-    removes the ones whose process is gone.
+    The temp file is named ``.NAME.HOST-PID.XXXX.tmp`` (NAME shortened to ``STEM~HASH``
+    when the whole would pass the 255-byte file-name limit); a writer killed mid-write
+    leaves it behind (never read), and the next successful write of ``path`` on the same
+    host removes the ones whose process is gone. The file gets the mode of the file it
+    replaces, else ``0666 & ~umask`` (not ``mkstemp``'s 0600). An ``OSError`` (read-only
+    or full file system, a folder at ``path``, a name too long) is an ``OutputError``
+    naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{writer_tag()}.", suffix=".tmp", dir=path.parent)
+    prefix = temp_prefix(path)
+    tmp = None
     try:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a parent is a file
+            raise NotADirectoryError(errno.ENOTDIR, "a parent is not a folder", str(path)) from None
+        mode = output_mode(path)
+        fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{writer_tag()}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        _unlink_quiet(tmp)
+        raise output_error(e, path) from None
     except BaseException:
+        _unlink_quiet(tmp)
+        raise
+    sweep_dead_temps(path.parent, prefix)
+
+
+def _unlink_quiet(tmp) -> None:
+    if tmp is not None:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise
-    sweep_dead_temps(path.parent, f".{path.name}.")
+
+
+NAME_MAX = 255
+_TEMP_EXTRA = 1 + 1 + 40 + 1 + 10 + 1 + 8 + 4   # "." NAME "." HOST(<=40) "-" PID(<=10) "." XXXXXXXX ".tmp"
+
+
+def temp_prefix(path: Path) -> str:
+    """``.NAME.`` for ``path``'s temp files, or ``.STEM~HASH.`` when a temp name built on
+    NAME would pass ``NAME_MAX`` bytes (sweeps use the same prefix, so they still work)."""
+    name = Path(path).name
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) + _TEMP_EXTRA <= NAME_MAX:
+        return f".{name}."
+    digest = hashlib.sha256(raw).hexdigest()[:8]
+    stem = raw[: NAME_MAX - _TEMP_EXTRA - 9].decode("utf-8", "ignore")
+    return f".{stem}~{digest}."
+
+
+def output_mode(path: Path) -> int:
+    """The mode a new output at ``path`` gets: the replaced file's, else 0666 minus the umask."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (Linux ``/proc``), else by setting and
+    restoring it (a moment in which other threads would create files with umask 0)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
+
+
+def output_error(e: OSError, path: str | Path) -> OutputError:
+    """One ``OutputError`` line for an ``OSError`` met while writing ``path``."""
+    why = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too large for the device "
+           "or the file-size limit", errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+           errno.EPERM: "operation not permitted", errno.ENAMETOOLONG: "file name too long",
+           errno.EISDIR: "is a folder", errno.ENOTDIR: "a parent is not a folder",
+           errno.EDQUOT: "disk quota exceeded"}.get(e.errno, e.strerror or str(e))
+    hints = {errno.ENOSPC: "free disk space and rerun", errno.EDQUOT: "free disk space and rerun",
+             errno.EFBIG: "free disk space (or raise the file-size limit) and rerun",
+             errno.ENAMETOOLONG: "use a file name of at most 255 bytes"}
+    return OutputError(f"cannot write output: {why}", path=path,
+                       hint=hints.get(e.errno, "write it to another place"))
 
 
 def _host() -> str:
@@ -88,7 +163,7 @@ def sweep_dead_temps(folder: Path, prefix: str, suffix: str = ".tmp") -> None:
 
 def _temp_stem(path: Path) -> str:
     """The start of ``atomic_write_bytes``'s temp names for ``path``: ``.NAME.HOST-``."""
-    return f".{path.name}.{_host()}-"
+    return f"{temp_prefix(path)}{_host()}-"
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

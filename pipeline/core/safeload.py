@@ -33,7 +33,14 @@ def load_weights_only(path: str | Path, error: type[AvfuseError], *, what: str =
                         "avfuse never unpickles code", path=path, hint=hint) from None
         why = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
         raise error(f"cannot read {what}: not a torch.save file, or a damaged one "
-                    f"({(why.group(1) if why else text)[:160]})", path=path, hint=hint) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, TypeError) as e:
-        first = str(e).splitlines()[0][:200] if str(e) else "empty"
+                    f"({_scrub(why.group(1) if why else text)[:160]})", path=path, hint=hint) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, TypeError,
+            AttributeError, IndexError, MemoryError, OverflowError) as e:
+        first = _scrub(str(e).splitlines()[0])[:200] if str(e) else "empty"
         raise error(f"cannot read {what} ({type(e).__name__}: {first})", path=path, hint=hint) from None
+
+
+def _scrub(text: str) -> str:
+    """``text`` without PyTorch's sentences that advise lowering the guard (``weights_only``)."""
+    keep = [x for x in re.split(r"(?<=[.!?])\s+", text) if "weights_only" not in x and "unpickl" not in x.lower()]
+    return " ".join(keep).strip() or "refused by the safe loader"

@@ -67,6 +67,9 @@ class ExtractSummary:
             by = ", ".join(f"{k}: {v}" for k, v in sorted(self.failures_by.items()))
             lines.append(f"{self.failed_clips} failed clips ({100 * self.failed_share:.2f}% of rows; {by}); "
                          f"see {self.failures_path}")
+            if any(k.endswith("/overflow") for k in self.failures_by):
+                lines.append("some embeddings overflow float16 (|x| > 65504) and were not stored: rerun with "
+                             "--dtype float32 (and --overwrite)")
         else:
             lines.append("no failures")
         return "\n".join(lines)
@@ -87,7 +90,8 @@ def summarize(writer, *, shards_computed: int, stats: ShardStats, seconds: float
     """The run summary from the cache's done markers (all failures so far, this run's stats)."""
     failures = writer.failures()
     failed = {f["clip_id"] for f in failures}
-    by = Counter(f"{f['stage']}/{f['modality']}" for f in failures)
+    by = Counter(f"{f['stage']}/{f['modality']}" + ("/overflow" if "--dtype float32" in f["error"] else "")
+                 for f in failures)
     return ExtractSummary(cache=str(writer.path), n_rows=writer.n_rows, n_shards=writer.n_shards,
                           shards_skipped=writer.n_shards - shards_computed, shards_computed=shards_computed,
                           clips_computed=stats.clips, failed_clips=len(failed),

@@ -98,8 +98,8 @@ def embed_shard(decoded: Sequence[DecodedClip], cfg: ExtractConfig, models: Mode
         audio_res = embed_audio(models, [decoded[i].audio for i in range(n)], cfg)
         failures += [_failure(decoded[i].clip_id, "backbone", "audio", e) for i, e in audio_res.errors.items()]
         has_audio = audio_res.ok
-        arrays["audio/clip"] = audio_res.clip.astype(store)
-        arrays["audio/segments"] = audio_res.segments.astype(store)
+        arrays["audio/clip"] = _cast(audio_res.clip, store)
+        arrays["audio/segments"] = _cast(audio_res.segments, store)
         arrays["audio/segment_valid"] = audio_res.segment_valid
     t_face = time.perf_counter()
     if progress is not None and models.face is None:
@@ -109,10 +109,12 @@ def embed_shard(decoded: Sequence[DecodedClip], cfg: ExtractConfig, models: Mode
                                [decoded[i].face_valid for i in range(n)], cfg, progress=progress)
         failures += [_failure(decoded[i].clip_id, "backbone", "face", e) for i, e in face_res.errors.items()]
         has_face = face_res.ok
-        arrays["face/frames"] = face_res.frames.astype(store)
+        arrays["face/frames"] = _cast(face_res.frames, store)
         arrays["face/frame_valid"] = face_res.frame_valid
-        arrays["face/clip"] = face_res.clip.astype(store)
+        arrays["face/clip"] = _cast(face_res.clip, store)
     t_end = time.perf_counter()
+    has_audio = check_stored(arrays, has_audio, "audio", decoded, failures, store)
+    has_face = check_stored(arrays, has_face, "face", decoded, failures, store)
     arrays["has_audio"] = has_audio
     arrays["has_face"] = has_face
     arrays["duration"] = np.asarray([d.duration for d in decoded], dtype=np.float32)
@@ -122,6 +124,41 @@ def embed_shard(decoded: Sequence[DecodedClip], cfg: ExtractConfig, models: Mode
                        compute_seconds=time.perf_counter() - t0, audio_seconds=t_face - t_audio,
                        face_seconds=t_end - t_face)
     return ShardResult(arrays=arrays, failures=failures, stats=stats)
+
+
+def _cast(a: np.ndarray, store: np.dtype) -> np.ndarray:
+    """``a`` in the storage dtype; values beyond its range become inf quietly (``check_stored``
+    flags those clips right after, with a message instead of numpy's warning)."""
+    with np.errstate(over="ignore"):
+        return a.astype(store)
+
+
+FLOAT_ARRAYS = {"audio": ("audio/clip", "audio/segments"), "face": ("face/frames", "face/clip")}
+
+
+def check_stored(arrays: dict[str, np.ndarray], has: np.ndarray, modality: str, decoded: Sequence,
+                 failures: list[dict], store: np.dtype) -> np.ndarray:
+    """Fail (flag, with a ``backbone`` failure record) the clips whose embeddings are not finite
+    *as stored*: a float32 embedding beyond float16's range (65504) becomes inf in a float16
+    cache, and is never stored silently. Returns the new ``has`` flags."""
+    names = [x for x in FLOAT_ARRAYS[modality] if x in arrays]
+    if not names:
+        return has
+    bad = np.zeros(len(has), dtype=bool)
+    for x in names:
+        a = arrays[x]
+        bad |= ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+    bad &= has
+    if not bad.any():
+        return has
+    why = (f"{modality} embedding overflows {store.name} (|x| > {float(np.finfo(store).max):g}) after the cast "
+           f"to the storage dtype; rerun with --dtype float32") if store == np.float16 \
+        else f"{modality} embedding is not finite as stored ({store.name})"
+    for i in np.flatnonzero(bad):
+        failures.append(_failure(decoded[i].clip_id, "backbone", modality, why))
+        for x in names:
+            arrays[x][i] = 0
+    return has & ~bad
 
 
 def failed_shard(records: Sequence, cfg: ExtractConfig, *, audio_dim: int | None, face_dim: int | None,

@@ -137,9 +137,11 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
     from pipeline.score import norm as normmod
 
     enrol_use, test_use = parse_mode(mode)
-    if head is not None and head_meta is not None:
-        from fusion.checkpoint import check_provenance
-        check_provenance(head_meta, cache, force=force)
+    if head is not None:
+        from fusion.checkpoint import check_dims, check_provenance
+        check_dims(head, cache)
+        if head_meta is not None:
+            check_provenance(head_meta, cache, force=force)
     if norm not in normmod.NORMS:
         raise ScoringError(f"unknown normalisation {norm!r}", hint=f"use one of {', '.join(normmod.NORMS)}")
     if norm != "none" and not cohort:
@@ -188,6 +190,10 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
             if bar:
                 bar.close()
             times["norm_stats"] += time.perf_counter() - t1
+            if len(speakers) < 2:
+                raise ScoringError(f"the cohort has {len(speakers)} speaker(s); S-norm needs at least 2 "
+                                   f"(its statistics are a mean and a spread over cohort speakers)",
+                                   hint="pick a cohort split or cache with more speakers (hundreds are typical)")
             norm_info.setdefault("cohort_speakers", {})[ch.name] = int(len(speakers))
         norm_info.update(cohort=cohort, cohort_cache=str(src.cache.path), cohort_clips=int(len(src.rows)),
                          cohort_cache_fingerprint=src.cache.fingerprint, cohort_split=src.split,
@@ -225,6 +231,23 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
                    "n_target": int((out.labels == 1).sum()), "n_nontarget": int((out.labels == 0).sum())},
     }
     return out
+
+
+def check_scored(result: Scores, trials, with_head: bool) -> None:
+    """What ``avfuse score`` refuses to write: 0 scored trials (even with --skip-missing), or a
+    non-finite score (a NaN head or NaN embeddings) -- a ``ScoringError`` before any file exists."""
+    c = result.info["counts"]
+    if not c["n_scored"]:
+        raise ScoringError(f"0 of {c['n_trials_in_list']} trials could be scored ({c['n_skipped_missing']} name "
+                           f"utterances missing from the cache, {c['n_skipped_unscorable']} lack the compared "
+                           f"modalities)", path=trials.path,
+                           hint="is this the cache of this trial list? `avfuse cache info` lists its splits")
+    bad = ~np.isfinite(result.scores)
+    if bad.any():
+        src = "the head's outputs (are its weights finite?)" if with_head else "the cached embeddings"
+        raise ScoringError(f"{int(bad.sum())} of {len(bad)} scores are NaN/inf; they come from {src}",
+                           path=trials.path, hint="retrain the head with a lower --lr" if with_head
+                           else "run `avfuse cache verify` on the cache")
 
 
 def _compact(n: int, *idx: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -63,6 +63,8 @@ def read_scores(path: str | Path) -> Scores:
         raise ScoringError("scores file not found", path=path,
                            hint="write one with `avfuse score ... --out scores.tsv`")
     data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM, as the trial reader accepts
+        data = data[3:]
     first = 1
     if data.startswith(b"label"):
         nl = data.find(b"\n")

@@ -68,7 +68,7 @@ def score_lists(cache, trial_paths: Sequence[str], out_paths: Sequence[str], mod
     ``[(trials path, out path, Scores)]``."""
     from data_manifests.trials import read_trials
     from pipeline.core.fsio import sha256_file
-    from pipeline.score.engine import check_missing, score_from_cache
+    from pipeline.score.engine import check_missing, check_scored, score_from_cache
     from pipeline.score.files import build_sidecar, write_scores
 
     if len(out_paths) != len(trial_paths):
@@ -92,6 +92,8 @@ def score_lists(cache, trial_paths: Sequence[str], out_paths: Sequence[str], mod
                       n_skipped_unscorable=len(tl) - len(sc) - n_missing,
                       n_target=int((sc.labels == 1).sum()), n_nontarget=int((sc.labels == 0).sum()))
         sc.info = dict(result.info, counts=counts, timings_s=None)
+        check_scored(sc, tl, head is not None)   # every list checked before any file is written
+    for tl, tp, op, sc in zip(lists, trial_paths, out_paths, parts):
         sidecar = build_sidecar(cache=cache, trials=tl, trials_sha=sha256_file(tp), mode=mode, result=sc,
                                 head_info=head_info, skip_missing=skip_missing, force=force)
         sidecar["multi"] = shared

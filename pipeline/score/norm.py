@@ -156,6 +156,11 @@ def resolve_cohort(spec: str, cache) -> CohortSource:
             other, split = head, tail
     if other is None and (Path(spec).exists() and ("/" in spec or Path(spec).suffix)):
         other, split = spec, None
+    looks = spec.rsplit(":", 1)[0] if ":" in spec else spec
+    if other is None and ("/" in looks or looks.lower().endswith((".zarr", ".h5", ".hdf5"))):
+        raise ScoringError("cohort cache not found", path=looks,
+                           hint="give an existing cache (PATH or PATH:SPLIT), or a split name of the "
+                                "scored cache such as 'train'")
     c = open_cache(other) if other is not None else cache
     if split is None:
         rows = np.arange(c.n_rows, dtype=np.int64)
