@@ -67,7 +67,8 @@ def head_costs(audio_dim: int = 192, face_dim: int = 512, *, steps: int = 8, fra
         rows.append({"name": entry.name, "parameters": head.n_parameters(), "mflops_per_clip": round(mflops, 3),
                      "ms_per_1000_clips": round(ms, 2), "embedding_dim": head.embedding_dim,
                      "score_kind": head.score_kind, "needs_sequences": entry.needs_sequences,
-                     "trainable": entry.trainable, "description": entry.description})
+                     "trainable": entry.trainable, "description": entry.description,
+                     "recipe": entry.train_recipe() if entry.trainable else None})
     return rows
 
 
@@ -90,6 +91,9 @@ def heads_cmd(as_json, audio_dim, face_dim, steps, clips, repeats, device) -> No
     The inference time is measured now, on this machine: one AVxAV embed of
     --clips random clips (median of --repeats), reported per 1,000 clips.
     MFLOPs count matmul/conv FLOPs (2 per multiply-add) of embedding one clip.
+    "recipe" is the head's training defaults (optimizer, LR, schedule, weight
+    decay, batch, epochs, masking) that `avfuse train` uses unless flags say
+    otherwise; --json lists every field under "recipe".
     """
     rows = head_costs(audio_dim, face_dim, steps=steps, frames=steps, clips=clips, repeats=repeats, device=device)
     if as_json:
@@ -97,11 +101,15 @@ def heads_cmd(as_json, audio_dim, face_dim, steps, clips, repeats, device) -> No
                                "heads": rows}, indent=2))
         return
     click.echo(f"fusion heads at audio {audio_dim}-d, face {face_dim}-d, {steps} steps; time on {device}")
-    click.echo(f"{'head':<16}{'params':>11}{'MFLOPs/clip':>13}{'ms/1k clips':>13}  {'dim':>4}  input  description")
+    from fusion.recipes import describe
+
+    click.echo(f"{'head':<16}{'params':>11}{'MFLOPs/clip':>13}{'ms/1k clips':>13}  {'dim':>4}  input  "
+               f"{'recipe':<44}description")
     for r in rows:
         inp = "seq" if r["needs_sequences"] else "clip"
+        rec = describe(r["recipe"]) if r["recipe"] else "(calibrated, not trained)"
         click.echo(f"{r['name']:<16}{r['parameters']:>11,}{r['mflops_per_clip']:>13.2f}"
-                   f"{r['ms_per_1000_clips']:>13.1f}  {r['embedding_dim']:>4}  {inp:<5}  {r['description']}")
+                   f"{r['ms_per_1000_clips']:>13.1f}  {r['embedding_dim']:>4}  {inp:<5}  {rec:<44}{r['description']}")
 
 
 # ---------------------------------------------------------------------- train
@@ -143,16 +151,21 @@ def train_config(config_path=None, **flags):
 
 def recipe_options(fn):
     """The training-recipe flags ``avfuse train`` and ``avfuse ablate`` share (all default to
-    None: the --config file's value, else ``TrainConfig``'s)."""
+    None: the --config file's value, else the head's recipe, ``fusion.recipes``)."""
     options = [
         click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="TrainConfig JSON; flags given on the command line override it."),
-        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs. [default: 30]"),
-        click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Clips per step. [default: 256]"),
+                     help="TrainConfig JSON (any field, e.g. optimizer, schedule, lr_decay, weight_decay); flags "
+                          "given on the command line override it, and both override the head's recipe."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None,
+                     help="Epochs. [default: the head's recipe: 30 clip heads, 20 attention heads]"),
+        click.option("--batch-size", type=click.IntRange(min=2), default=None,
+                     help="Clips per step. [default: the head's recipe: 256 clip heads, 100 attention heads]"),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Peak AdamW LR. [default: 2e-3]"),
+                     help="Peak LR. [default: the head's recipe: AdamW 2e-3 cosine (clip heads), Adam 1e-3 "
+                          "x0.65 per epoch (attention heads, the DCA authors'); see `avfuse heads --json`]"),
         click.option("--mask-prob", type=click.FloatRange(0, 1, max_open=True), default=None,
-                     help="P(a sample loses its audio or its face) per step (never both). [default: 0.3]"),
+                     help="P(a sample loses its audio or its face) per step (never both). [default: the "
+                          "head's recipe: 0.3 clip heads, 0 attention heads]"),
         click.option("--seed", type=int, default=None, help="Seed (same seed, same head). [default: 0]"),
         click.option("--split", default=None, help="Cache split to train on. [default: train]"),
         click.option("--device", default=None, help="auto, cpu, cuda[:N]. [default: auto]"),
@@ -216,7 +229,7 @@ def train_cmd(cache_path, head_name, out, config_path, epochs, batch_size, lr, m
     t0 = time.perf_counter()
     head, history = train_head(cache, head_name, cfg, dev_trials, progress=None if not quiet else False)
     secs = time.perf_counter() - t0
-    meta = checkpoint_meta(cfg, cache, history)
+    meta = checkpoint_meta(cfg, cache, history, head_name=head_name)
     meta["dev_trials"] = dev_trials
     meta["train_seconds"] = round(secs, 3)
     save_head(out, head, meta)

@@ -6,9 +6,9 @@ every scoring mode (AxA, VxV, AVxAV, AVxA, AVxV) works with every head. A row wh
 ``has_audio``/``has_face`` is False (or whose modality is not in ``use``) is treated
 as missing for that modality; heads never read an absent modality's vectors.
 
-Inputs of the trained heads are L2-normalised per modality, then standardised per
-dimension with statistics of the training rows (``InputNorm``, fitted by the trainer
-through ``head.fit_inputs``): ``u(x) = (x/||x|| - mean) / std``.
+Inputs of the trained heads are L2-normalised per modality, then centred per dimension
+and divided by one scalar spread, both estimated on the training rows (``InputNorm``,
+fitted by the trainer through ``head.fit_inputs``): ``u(x) = (x/||x|| - mean) / s``.
 
 Definitions (2311.05071, "On the behavior of audio-visual fusion architectures in
 identity verification tasks", adapted to frozen, cached backbones):
@@ -47,13 +47,20 @@ __all__ = ["FusionHead", "ScoreAvgHead", "MeanHead", "MLPHead", "MultiViewHead",
 
 
 class InputNorm(nn.Module):
-    """``n(x) = (x / ||x|| - mean) / std`` per dimension, with ``mean``/``std`` buffers.
+    """``n(x) = (x / ||x|| - mean) / s``: per-dimension centring, one scalar scale ``s``.
 
-    Before ``fit`` (mean 0, std 1/sqrt(D)) it is ``sqrt(D) x / ||x||`` (unit-variance entries). ``fit`` estimates them on
-    the training rows (L2-normalised first): backbone embeddings share a large common
-    direction (e.g. mean cosine ~0.5-0.6 between any two toy-corpus clips), which
-    centring removes; per-dimension std is floored at 0.1 x its median so dead
-    dimensions are not blown up. Stored in the checkpoint (buffers).
+    Buffers ``mean`` (D,) and ``std`` (D,), the latter holding the same value ``s`` in every
+    entry (a (D,) buffer so checkpoints keep one layout). Before ``fit`` (mean 0, s = 1/sqrt(D))
+    it is ``sqrt(D) x / ||x||`` (unit-variance entries). ``fit`` estimates them on the
+    training rows (L2-normalised first): backbone embeddings share a large common direction
+    (e.g. mean cosine ~0.5-0.6 between any two toy-corpus clips), which centring removes;
+    ``s`` is the RMS over dimensions of the centred entries (sqrt of the mean per-dimension
+    variance), so the output has unit-variance entries on average. One scalar, not a
+    per-dimension std: dividing each dimension by its own std would inflate the
+    low-variance dimensions (little identity information, mostly noise in backbone
+    embeddings) to the weight of the informative ones and change the cosine geometry the
+    backbone was trained for; centring plus one scale removes only the common direction.
+    Stored in the checkpoint (buffers).
     """
 
     def __init__(self, d: int):

@@ -39,6 +39,12 @@ class HeadEntry:
     cls: type
     description: str = ""
     defaults: dict | None = None      # options fixed for this name (e.g. dca: gate=True)
+    recipe: dict | None = None        # training defaults (``fusion.recipes``; None: the clip recipe)
+
+    def train_recipe(self) -> dict:
+        """The head's training recipe, every ``fusion.recipes.RECIPE_FIELDS`` field set."""
+        from fusion.recipes import full_recipe
+        return full_recipe(self.recipe)
 
     @property
     def needs_sequences(self) -> bool:
@@ -83,9 +89,11 @@ _REGISTRY: dict[str, HeadEntry] = {}
 _loaded_builtins = False
 
 
-def register_head(name: str, cls: type, description: str = "", defaults: dict | None = None) -> HeadEntry:
-    """Register ``cls`` under ``name`` (re-registering a name replaces it)."""
-    entry = HeadEntry(name=name, cls=cls, description=description, defaults=defaults)
+def register_head(name: str, cls: type, description: str = "", defaults: dict | None = None,
+                  recipe: dict | None = None) -> HeadEntry:
+    """Register ``cls`` under ``name`` (re-registering a name replaces it); ``recipe``: its
+    training defaults (``fusion.recipes``)."""
+    entry = HeadEntry(name=name, cls=cls, description=description, defaults=defaults, recipe=recipe)
     _REGISTRY[name] = entry
     return entry
 
