@@ -43,8 +43,8 @@ residual + LayerNorm; works for S != F), ``encoder="conv"|"gru"`` (Linear -> ``d
 Conv1d/BiGRU + LayerNorm), ``gate_input="x_and_att"`` (Linear(2d, 2) on [X; X_att]),
 ``gate_relu=False``, ``pooling="separate"`` (one ASP per modality, a learned pooled filler
 for a missing modality, Linear(2 d_A + 2 d_V -> dim)), ``input_norm="standardize"``.
-``d_model``: None keeps the native widths (``corr``); set, both modalities are projected to
-it first; ``softmax`` needs one width for both (None -> 256).
+``d_model``: 0 keeps the native widths (``corr``); N > 0 projects both modalities to N
+first; ``softmax`` and the conv/gru encoders need one width for both (0 -> 256).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ FORMULATIONS = ("corr", "softmax")
 POOLINGS = ("joint", "separate")
 GATE_INPUTS = ("att", "x_and_att")
 INPUT_NORMS = ("l2", "standardize")
-SOFTMAX_D_MODEL = 256       # the common width of formulation="softmax" when d_model is None
+SOFTMAX_D_MODEL = 256       # the common width of formulation="softmax" / conv / gru when d_model is 0
 
 
 def _choice(name: str, value, allowed) -> None:
@@ -83,7 +83,7 @@ class CrossAttentionHead(FusionHead):
     def __init__(self, *, audio_dim: int, face_dim: int, attention: str = "joint", gate: bool = True,
                  temperature: float = 0.1, formulation: str = "corr", encoder: str = "lstm",
                  pooling: str = "joint", gate_input: str = "att", gate_relu: bool = True,
-                 input_norm: str = "l2", d_model: int | None = None, layers: int = 2, iterations: int = 1,
+                 input_norm: str = "l2", d_model: int = 0, layers: int = 2, iterations: int = 1,
                  steps: int = 8, n_heads: int = 4, dim: int = 512, dropout: float = 0.1,
                  att_dropout: float = 0.6):
         super().__init__(audio_dim=audio_dim, face_dim=face_dim)
@@ -99,9 +99,11 @@ class CrossAttentionHead(FusionHead):
         self.formulation, self.pooling, self.gate_input = formulation, pooling, gate_input
         self.gate_relu, self.iterations, self.steps = bool(gate_relu), int(iterations), int(steps)
         self.dim = int(dim)
-        if d_model is None and (formulation == "softmax" or encoder != "lstm"):
+        if d_model < 0:
+            raise ValueError(f"d_model must be >= 0 (0: native widths), got {d_model}")
+        if not d_model and (formulation == "softmax" or encoder != "lstm"):
             d_model = SOFTMAX_D_MODEL
-        wa, wv = (audio_dim, face_dim) if d_model is None else (int(d_model), int(d_model))
+        wa, wv = (audio_dim, face_dim) if not d_model else (int(d_model), int(d_model))
         self.widths = (wa, wv)
         std = input_norm == "standardize"
         if encoder == "lstm":

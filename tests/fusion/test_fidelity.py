@@ -239,3 +239,11 @@ def test_sweep_can_vary_formulation_and_recipe_fields():
     assert cfg.optimizer == "adamw" and cfg.lr is None
     assert dataclasses.asdict(variant_config(TrainConfig(), parse_sweep("dca.encoder=lstm,conv"), "conv"))[
         "head_options"] == {"encoder": "conv"}
+
+
+def test_every_head_option_can_be_swept_with_its_type():
+    from pipeline.ablate_heads import parse_sweep
+    assert parse_sweep("dca.d_model=0,64").values == [0, 64]
+    assert parse_sweep("jca.layers=1,2,3").values == [1, 2, 3]
+    assert parse_sweep("dca.gate_relu=true,false").values == [True, False]
+    assert parse_sweep("dca.att_dropout=0.3,0.6").values == [0.3, 0.6]
