@@ -104,12 +104,12 @@ def heads_cmd(as_json, audio_dim, face_dim, steps, clips, repeats, device) -> No
     from fusion.recipes import describe
 
     click.echo(f"{'head':<16}{'params':>11}{'MFLOPs/clip':>13}{'ms/1k clips':>13}  {'dim':>4}  input  "
-               f"{'recipe':<44}description")
+               f"{'recipe':<48}description")
     for r in rows:
         inp = "seq" if r["needs_sequences"] else "clip"
         rec = describe(r["recipe"]) if r["recipe"] else "(calibrated, not trained)"
         click.echo(f"{r['name']:<16}{r['parameters']:>11,}{r['mflops_per_clip']:>13.2f}"
-                   f"{r['ms_per_1000_clips']:>13.1f}  {r['embedding_dim']:>4}  {inp:<5}  {rec:<44}{r['description']}")
+                   f"{r['ms_per_1000_clips']:>13.1f}  {r['embedding_dim']:>4}  {inp:<5}  {rec:<48}{r['description']}")
 
 
 # ---------------------------------------------------------------------- train
