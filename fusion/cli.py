@@ -25,13 +25,31 @@ def _random_batch(n: int, audio_dim: int, face_dim: int, steps: int, frames: int
         has_audio=torch.ones(n, dtype=torch.bool), has_face=torch.ones(n, dtype=torch.bool))
 
 
+def rnn_flops(head, steps: int, frames: int) -> int:
+    """FLOPs of the head's LSTM/GRU modules for one clip (2 per multiply-add of the gate matmuls, all
+    steps), which ``FlopCounterMode`` does not count; modules under ``enc_v`` run over ``frames``."""
+    import torch
+
+    total = 0
+    for name, m in head.named_modules():
+        if not isinstance(m, (torch.nn.LSTM, torch.nn.GRU)):
+            continue
+        gates = 4 if isinstance(m, torch.nn.LSTM) else 3
+        dirs = 2 if m.bidirectional else 1
+        t = frames if "enc_v" in name else steps
+        for layer in range(m.num_layers):
+            d_in = m.input_size if layer == 0 else m.hidden_size * dirs
+            total += 2 * gates * m.hidden_size * (d_in + m.hidden_size) * dirs * t
+    return total
+
+
 def head_costs(audio_dim: int = 192, face_dim: int = 512, *, steps: int = 8, frames: int = 8,
                clips: int = 1000, repeats: int = 3, device: str = "cpu", threads: int | None = None) -> list[dict]:
     """One row per registered head: parameters, MFLOPs per clip, ms per ``clips`` clips (AVxAV embed).
 
     MFLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over one AV ``embed`` of 64
     clips, divided by 64 (matmul/conv/attention FLOPs, 2 per multiply-add; elementwise
-    ops not counted). Time: median of ``repeats`` ``embed`` calls on ``clips`` random
+    ops not counted), plus the LSTM/GRU gate matmuls it does not see (``rnn_flops``). Time: median of ``repeats`` ``embed`` calls on ``clips`` random
     clips after one warm-up, eval mode, no grad.
     """
     import torch
@@ -52,7 +70,7 @@ def head_costs(audio_dim: int = 192, face_dim: int = 512, *, steps: int = 8, fra
             fc = FlopCounterMode(display=False)
             with fc:
                 head.embed(small)
-            mflops = fc.get_total_flops() / 64 / 1e6
+            mflops = (fc.get_total_flops() / 64 + rnn_flops(head, steps, frames)) / 1e6
             head.embed(big)  # warm-up
             times = []
             for _ in range(repeats):

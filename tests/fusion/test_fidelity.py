@@ -247,3 +247,12 @@ def test_every_head_option_can_be_swept_with_its_type():
     assert parse_sweep("jca.layers=1,2,3").values == [1, 2, 3]
     assert parse_sweep("dca.gate_relu=true,false").values == [True, False]
     assert parse_sweep("dca.att_dropout=0.3,0.6").values == [0.3, 0.6]
+
+
+def test_heads_table_counts_the_lstm_flops():
+    from fusion.cli import rnn_flops
+    h = build_head("dca", DA, DV)
+    # two layers, two directions, 8 steps: 2 FLOPs x 4 gates x hidden x (input + hidden)
+    want = sum(2 * 2 * 4 * (d // 2) * (d + d // 2) * 2 * T for d in (DA, DV))
+    assert rnn_flops(h, T, T) == want
+    assert rnn_flops(build_head("mean", DA, DV), T, T) == 0
