@@ -25,7 +25,8 @@ per-segment / per-frame sequences (S audio steps, F face steps, S = F = 8 by def
    (192 + 512 = 704): feature-correlation C = tanh(K J / sqrt(704)), attended
    H = ReLU(tanh(V C)), residual X + Dropout(ReLU(W H)), dropout 0.6
    (``CorrelationSublayer``). Needs S = F = ``steps`` (the time-axis key projection is a
-   Linear(steps, steps), as the authors' Linear(8, 8)). ``iterations`` > 1 repeats the
+   Linear(steps, steps), as the authors' Linear(8, 8); ``avfuse train`` sets ``steps`` to the
+   cache's step count, and a batch with fewer steps is padded with invalid steps). ``iterations`` > 1 repeats the
    stack with shared weights (recursive JCA).
 4. DCA conditional gate (``gate=True``), per step t, from the attended features alone
    (``gate_input="att"``: Linear(d_m, 2)):
@@ -66,6 +67,12 @@ POOLINGS = ("joint", "separate")
 GATE_INPUTS = ("att", "x_and_att")
 INPUT_NORMS = ("l2", "standardize")
 SOFTMAX_D_MODEL = 256       # the common width of formulation="softmax" / conv / gru when d_model is 0
+
+
+def _pad_steps(t: torch.Tensor, steps: int) -> torch.Tensor:
+    """(B, T, ...) -> (B, steps, ...) with zeros (False) appended on the time axis."""
+    pad = torch.zeros((t.shape[0], steps - t.shape[1], *t.shape[2:]), dtype=t.dtype, device=t.device)
+    return torch.cat([t, pad], dim=1)
 
 
 def _choice(name: str, value, allowed) -> None:
@@ -161,9 +168,12 @@ class CrossAttentionHead(FusionHead):
                             hint="re-extract with --segments N --frames N (equal), or train with --option "
                                  "formulation=softmax --option pooling=separate")
         if self.formulation == "corr" and s != self.steps:
-            raise HeadError(f"head '{self.name}' was built for {self.steps} steps per clip (its time-axis key "
-                            f"projection is Linear({self.steps}, {self.steps})), the batch has {s}",
-                            hint=f"train with --option steps={s}, or re-extract with {self.steps} segments/frames")
+            if s > self.steps:
+                raise HeadError(f"head '{self.name}' was built for {self.steps} steps per clip (its time-axis key "
+                                f"projection is Linear({self.steps}, {self.steps})), the batch has {s}",
+                                hint=f"train with --option steps={s}, or re-extract with {self.steps} segments/frames")
+            # fewer steps (a shorter clip, `avfuse ablate --lengths`): pad with invalid steps (-> fillers)
+            a_seq, a_valid, v_seq, v_valid = (_pad_steps(t, self.steps) for t in (a_seq, a_valid, v_seq, v_valid))
         return a_seq, a_valid, v_seq, v_valid
 
     def _attend(self, xa, a_valid, xv, v_valid):

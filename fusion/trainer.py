@@ -185,9 +185,14 @@ def _mask_modalities(batch: EmbeddingBatch, p: float, gen: torch.Generator) -> E
     return batch.masked(drop & which, drop & ~which)
 
 
-def build_for_training(head_name: str, cfg: TrainConfig, audio_dim: int, face_dim: int):
+def build_for_training(head_name: str, cfg: TrainConfig, audio_dim: int, face_dim: int,
+                       steps: int | None = None):
+    """The head with ``cfg``'s options; ``steps`` (the batch's steps per clip) fills a head's
+    ``steps`` option when the user did not set it (the attention heads' time-axis projection)."""
     entry = get_head(head_name)
     options = dict(cfg.head_options)
+    if steps is not None and "steps" in entry.options() and "steps" not in options:
+        options["steps"] = int(steps)
     if cfg.temperature is not None:
         options["temperature"] = cfg.temperature
     return entry.build(audio_dim, face_dim, **options)
@@ -213,7 +218,9 @@ def train_head(data, head_name: str, cfg: TrainConfig | None = None, dev_trials=
     audio_dim, face_dim = _dims(batch)
 
     torch.manual_seed(cfg.seed)
-    head = build_for_training(head_name, cfg, audio_dim, face_dim).to(device)
+    steps = (max(batch.audio_seq.shape[1], batch.face_seq.shape[1]) if entry.needs_sequences
+             and batch.audio_seq is not None and batch.face_seq is not None else None)
+    head = build_for_training(head_name, cfg, audio_dim, face_dim, steps).to(device)
     if not entry.trainable:
         cal = dev if dev is not None else pseudo_dev_set(batch, labels, seed=cfg.seed)
         info = head.calibrate(cal.batch.float(), cal.enrol_idx, cal.test_idx, cal.labels)

@@ -150,7 +150,16 @@ def test_steps_must_pair_up():
     with pytest.raises(HeadError, match="segments"):
         h.embed(seq_batch(da=24, dv=32, s=8, f=6))
     with pytest.raises(HeadError, match="steps="):
-        h.embed(seq_batch(da=24, dv=32, s=6, f=6))
+        h.embed(seq_batch(da=24, dv=32, s=10, f=10))
+    # fewer steps (a shorter clip): padded with invalid steps, the same as those steps flagged invalid
+    short = seq_batch(da=24, dv=32, s=6, f=6)
+    pad = dataclasses.replace(short, audio_seq=torch.cat([short.audio_seq, torch.randn(6, 2, 24)], 1),
+                              face_seq=torch.cat([short.face_seq, torch.randn(6, 2, 32)], 1),
+                              audio_seq_valid=torch.cat([short.audio_seq_valid, torch.zeros(6, 2, dtype=torch.bool)], 1),
+                              face_seq_valid=torch.cat([short.face_seq_valid, torch.zeros(6, 2, dtype=torch.bool)], 1))
+    h.eval()
+    with torch.no_grad():
+        assert torch.allclose(h.embed(short), h.embed(pad), atol=1e-5)
     soft = build_head("dca", 24, 32, formulation="softmax", pooling="separate", d_model=16, n_heads=2)
     assert soft.embed(seq_batch(da=24, dv=32, s=8, f=6)).shape == (6, 512)
 
