@@ -111,7 +111,8 @@ def phase_ours(args) -> dict:
     from pipeline.train.run import train_head
 
     cache = open_cache(args.cache)
-    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, device=args.device, mask_prob=0.3)
+    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, device=args.device, mask_prob=0.3,
+                      optimizer="adamw", grad_clip=5.0)   # the same steps as the naive loop's, whatever the head
     t0 = time.perf_counter()
     from fusion.registry import get_head
     from pipeline.train.data import load_split
@@ -197,7 +198,7 @@ def phase_naive(args, source: str) -> dict:
     from fusion.batch import EmbeddingBatch, resolve_device
     from fusion.losses import make_loss
     from fusion.registry import get_head
-    from fusion.trainer import TrainConfig, _mask_modalities, build_for_training
+    from fusion.trainer import TrainConfig, _mask_modalities, build_for_training, resolve_config
     from pipeline.cache.reader import open_cache
 
     cache = open_cache(args.cache)
@@ -213,7 +214,8 @@ def phase_naive(args, source: str) -> dict:
         ds = MemoryItems(arrays, labels, entry.needs_sequences)
         workers = 0
     dev = resolve_device(args.device)
-    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, mask_prob=0.3)
+    cfg = resolve_config(TrainConfig(epochs=1, batch_size=args.batch_size, mask_prob=0.3, optimizer="adamw",
+                                     grad_clip=5.0), args.head)
     torch.manual_seed(0)
     head = build_for_training(args.head, cfg, cache.layout.audio_dim, cache.layout.face_dim).to(dev).train()
     loss_fn = make_loss("aam", head.embedding_dim, int(labels.max()) + 1, head.default_margin,

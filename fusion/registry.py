@@ -26,6 +26,12 @@ class HeadEntry:
     cls: type
     description: str = ""
     defaults: dict | None = None      # options fixed for this name (e.g. dca: gate=True)
+    recipe: dict | None = None        # training defaults (``fusion.recipes``; None: the clip recipe)
+
+    def train_recipe(self) -> dict:
+        """The head's training recipe, every ``fusion.recipes.RECIPE_FIELDS`` field set."""
+        from fusion.recipes import full_recipe
+        return full_recipe(self.recipe)
 
     @property
     def needs_sequences(self) -> bool:
@@ -72,11 +78,12 @@ HEADS: Registry[HeadEntry] = Registry(
     hint=lambda names: f"known heads: {', '.join(names)} (see `avfuse heads`)")
 
 
-def register_head(name: str, cls: type, description: str = "", defaults: dict | None = None, *,
-                  replace: bool = False) -> HeadEntry:
-    """Register ``cls`` under ``name`` (see ``pipeline.core.registry`` for the duplicate rule)."""
-    return HEADS.register(name, HeadEntry(name=name, cls=cls, description=description, defaults=defaults),
-                          replace=replace)
+def register_head(name: str, cls: type, description: str = "", defaults: dict | None = None,
+                  recipe: dict | None = None, *, replace: bool = False) -> HeadEntry:
+    """Register ``cls`` under ``name`` (see ``pipeline.core.registry`` for the duplicate rule);
+    ``recipe``: its training defaults (``fusion.recipes``)."""
+    return HEADS.register(name, HeadEntry(name=name, cls=cls, description=description, defaults=defaults,
+                                          recipe=recipe), replace=replace)
 
 
 def get_head(name: str) -> HeadEntry:

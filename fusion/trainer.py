@@ -7,9 +7,15 @@ out of those tensors: no per-item ``Dataset``/``DataLoader`` on the hot path.
 Per step: gather rows, cast to float32, randomly mask one modality of a sample with
 probability ``mask_prob`` (only samples that have both; the masked modality becomes
 *absent*, exactly like a missing one), embed each of the head's training views,
-AAM-softmax (or softmax) loss averaged over the views, AdamW, linear warm-up then
-cosine decay of the learning rate, gradient-norm clipping. bfloat16 autocast on CUDA.
-A fixed ``seed`` gives the same head (same device, same thread count).
+AAM-softmax (or softmax) loss averaged over the views, AdamW or Adam, linear warm-up then
+cosine decay of the learning rate (or a step decay x ``lr_decay`` per epoch), gradient-norm
+clipping. bfloat16 autocast on CUDA. A fixed ``seed`` gives the same head (same device,
+same thread count).
+
+Recipe: the optimiser, LR, weight decay, schedule, warm-up, clipping, batch size, epochs
+and masking probability default to ``None`` in ``TrainConfig``, i.e. to the head's own
+recipe (``fusion.recipes``: the attention heads train with the DCA authors' recipe, the
+clip heads with avfuse's); ``resolve_config`` fills them, values the user set win.
 
 ``score_avg`` is not trained: it is calibrated on the dev trials (or, without
 them, on balanced random pairs of the training split).
@@ -18,6 +24,7 @@ them, on balanced random pairs of the training split).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,6 +35,7 @@ import torch
 from fusion.batch import EmbeddingBatch, resolve_device
 from fusion.evaluation import DevSet, dev_eer, pseudo_dev_set
 from fusion.losses import LOSSES, make_loss
+from fusion.recipes import OPTIMIZERS, RECIPE_FIELDS, SCHEDULES
 from fusion.registry import get_head
 from pipeline.core.errors import ConfigError, HeadError, TrainingError
 from pipeline.core.progress import progress as progress_
@@ -39,16 +47,20 @@ class TrainConfig:
 
     ``margin``/``scale`` None: the head's AAM defaults (dca/jca/cross_attention
     0.4/64; mean/mlp/multiview 0.2/30, see ``fusion.losses``). ``temperature`` None:
-    the head's default (0.1 for dca); only gate heads accept it.
+    the head's default (0.1 for dca); only gate heads accept it. The recipe fields
+    (``fusion.recipes.RECIPE_FIELDS``) None: the head's recipe (``resolve_config``).
     """
 
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup: float = 0.05              # fraction of all steps with linear LR warm-up
-    grad_clip: float = 5.0            # max gradient norm (0: off)
-    mask_prob: float = 0.3            # P(mask audio or face of a sample), never both
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup: float | None = None       # fraction of all steps with linear LR warm-up
+    grad_clip: float | None = None    # max gradient norm (0: off)
+    mask_prob: float | None = None    # P(mask audio or face of a sample), never both
+    optimizer: str | None = None      # "adamw" | "adam" (coupled L2 weight decay, the DCA authors')
+    schedule: str | None = None       # "cosine" (after warm-up) | "step" (x lr_decay after every epoch)
+    lr_decay: float | None = None     # per-epoch LR factor of the "step" schedule
     loss: str = "aam"                 # "aam" | "softmax"
     margin: float | None = None
     scale: float | None = None
@@ -63,12 +75,20 @@ class TrainConfig:
     dev_mode: str = "AVxAV"           # which mode's dev EER drives early stopping
 
     def validate(self) -> None:
+        def ok_or_none(v, test) -> bool:
+            return v is None or test(v)
+
         checks = [
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.batch_size >= 2, "batch size must be >= 2"),
-            (self.lr > 0 and math.isfinite(self.lr), "learning rate must be positive and finite"),
-            (0.0 <= self.mask_prob < 1.0, "mask probability must be in [0, 1)"),
-            (0.0 <= self.warmup < 1.0, "warmup must be a fraction in [0, 1)"),
+            (ok_or_none(self.epochs, lambda v: v >= 1), "epochs must be >= 1"),
+            (ok_or_none(self.batch_size, lambda v: v >= 2), "batch size must be >= 2"),
+            (ok_or_none(self.lr, lambda v: v > 0 and math.isfinite(v)), "learning rate must be positive and finite"),
+            (ok_or_none(self.weight_decay, lambda v: v >= 0), "weight decay must be >= 0"),
+            (ok_or_none(self.grad_clip, lambda v: v >= 0), "grad clip must be >= 0 (0: off)"),
+            (ok_or_none(self.mask_prob, lambda v: 0.0 <= v < 1.0), "mask probability must be in [0, 1)"),
+            (ok_or_none(self.warmup, lambda v: 0.0 <= v < 1.0), "warmup must be a fraction in [0, 1)"),
+            (ok_or_none(self.optimizer, lambda v: v in OPTIMIZERS), f"optimizer must be one of {OPTIMIZERS}"),
+            (ok_or_none(self.schedule, lambda v: v in SCHEDULES), f"schedule must be one of {SCHEDULES}"),
+            (ok_or_none(self.lr_decay, lambda v: 0.0 < v <= 1.0), "lr_decay must be in (0, 1]"),
             (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}"),
             (self.temperature is None or self.temperature > 0, "temperature must be positive"),
             (self.patience >= 0, "patience must be >= 0"),
@@ -76,6 +96,25 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg, hint="see `avfuse train --help`")
+
+
+def resolve_config(cfg: TrainConfig, head_name: str) -> TrainConfig:
+    """A copy of ``cfg`` with every recipe field that is None taken from the head's recipe."""
+    recipe = get_head(head_name).train_recipe()
+    out = dataclasses.replace(cfg, head_options=dict(cfg.head_options))
+    for k in RECIPE_FIELDS:
+        if getattr(out, k) is None:
+            setattr(out, k, recipe[k])
+    out.validate()
+    return out
+
+
+def recipe_record(cfg: TrainConfig, head_name: str) -> dict:
+    """``{"values": resolved recipe, "from_user": [fields the user set], "head_recipe": the head's}``."""
+    res = resolve_config(cfg, head_name)
+    return {"values": {k: getattr(res, k) for k in RECIPE_FIELDS},
+            "from_user": [k for k in RECIPE_FIELDS if getattr(cfg, k) is not None],
+            "head_recipe": get_head(head_name).train_recipe()}
 
 
 def _dims(batch: EmbeddingBatch) -> tuple[int, int]:
@@ -91,6 +130,15 @@ def _lr_factor(step: int, total: int, warmup: float) -> float:
     if step < w:
         return (step + 1) / w
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
+
+
+def _lr_at(cfg: TrainConfig, step: int, total: int, epoch: int) -> float:
+    """The LR of ``step`` (0-based) in ``epoch`` (1-based) of a resolved config."""
+    if cfg.schedule == "step":   # the DCA authors': lr x lr_decay^(epoch-1), optional linear warm-up
+        w = int(round(cfg.warmup * total))
+        ramp = (step + 1) / w if step < w else 1.0
+        return cfg.lr * ramp * cfg.lr_decay ** (epoch - 1)
+    return cfg.lr * _lr_factor(step, total, cfg.warmup)
 
 
 def _mask_modalities(batch: EmbeddingBatch, p: float, gen: torch.Generator) -> EmbeddingBatch:
@@ -114,9 +162,14 @@ def check_finite(loss_sum: torch.Tensor, params, epoch: int, lr: float) -> None:
                             hint=f"lower --lr (now {lr:g}), e.g. --lr {min(lr / 10, 2e-3):g}")
 
 
-def build_for_training(head_name: str, cfg: TrainConfig, audio_dim: int, face_dim: int):
+def build_for_training(head_name: str, cfg: TrainConfig, audio_dim: int, face_dim: int,
+                       steps: int | None = None):
+    """The head with ``cfg``'s options; ``steps`` (the batch's steps per clip) fills a head's
+    ``steps`` option when the user did not set it (the attention heads' time-axis projection)."""
     entry = get_head(head_name)
     options = dict(cfg.head_options)
+    if steps is not None and "steps" in entry.options() and "steps" not in options:
+        options["steps"] = int(steps)
     if cfg.temperature is not None:
         options["temperature"] = cfg.temperature
     return entry.build(audio_dim, face_dim, **options)
@@ -145,8 +198,7 @@ def fit_head(batch: EmbeddingBatch, labels, head_name: str, cfg: TrainConfig | N
     (``epoch, loss, acc, seconds, clips_per_s, lr`` and ``dev_eer``), or for
     ``score_avg`` one calibration dict. ``progress``: tqdm bar on stderr (None: only on a TTY).
     """
-    cfg = cfg or TrainConfig()
-    cfg.validate()
+    cfg = resolve_config(cfg or TrainConfig(), head_name)
     entry = get_head(head_name)
     device = resolve_device(cfg.device)
     check_training_data(batch, labels, entry.needs_sequences)
@@ -155,7 +207,9 @@ def fit_head(batch: EmbeddingBatch, labels, head_name: str, cfg: TrainConfig | N
     audio_dim, face_dim = _dims(batch)
 
     torch.manual_seed(cfg.seed)
-    head = build_for_training(head_name, cfg, audio_dim, face_dim).to(device)
+    steps = (max(batch.audio_seq.shape[1], batch.face_seq.shape[1]) if entry.needs_sequences
+             and batch.audio_seq is not None and batch.face_seq is not None else None)
+    head = build_for_training(head_name, cfg, audio_dim, face_dim, steps).to(device)
     if not entry.trainable:
         cal = dev if dev is not None else pseudo_dev_set(batch, labels, seed=cfg.seed)
         info = head.calibrate(cal.batch.float(), cal.enrol_idx, cal.test_idx, cal.labels)
@@ -168,7 +222,8 @@ def fit_head(batch: EmbeddingBatch, labels, head_name: str, cfg: TrainConfig | N
     scale = head.default_scale if cfg.scale is None else cfg.scale
     loss_fn = make_loss(cfg.loss, head.embedding_dim, n_classes, margin, scale).to(device)
     params = list(head.parameters()) + list(loss_fn.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
     bs = min(cfg.batch_size, n)
@@ -197,7 +252,7 @@ def fit_head(batch: EmbeddingBatch, labels, head_name: str, cfg: TrainConfig | N
                 if cfg.mask_prob > 0:
                     mb = _mask_modalities(mb, cfg.mask_prob, gen)
                 for g in opt.param_groups:
-                    g["lr"] = cfg.lr * _lr_factor(step, total, cfg.warmup)
+                    g["lr"] = _lr_at(cfg, step, total, epoch)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     views = head.train_views(mb)
                     losses = []

@@ -4,170 +4,161 @@ One module (``CrossAttentionHead``) with options, registered under three names:
 
 | name | ``attention`` | ``gate`` |
 | --- | --- | --- |
-| ``cross_attention`` | ``"cross"``: audio queries attend over face steps, face over audio | no |
-| ``jca`` | ``"joint"``: each modality attends over the joint sequence [audio steps; face steps] | no |
+| ``cross_attention`` | ``"cross"``: audio correlates with the face features, face with audio | no |
+| ``jca`` | ``"joint"``: each modality correlates with the joint features [audio; face] | no |
 | ``dca`` | ``"joint"`` (``attention="cross"`` gives DCA on vanilla CA) | yes |
 
-Pipeline per modality m in {A, V}, on the cached per-segment / per-frame sequences
-(default 8 steps each; invalid = repeat-padded steps are masked everywhere):
+The defaults follow 2403.04661 as the authors' code implements it
+(github.com/praveena2j/DCAforPersonVerification; file:line references in
+docs/FIDELITY.md, which also lists every remaining difference and why). On the cached
+per-segment / per-frame sequences (S audio steps, F face steps, S = F = 8 by default):
 
-1. ``InputNorm``: L2-normalise each step, standardise per dimension (statistics of the
-   valid training steps, ``fit_inputs``); ``Linear(D_m, d_model)``.
-2. Temporal encoder (``encoder="conv"``: residual Conv1d(k=3) + ReLU + LayerNorm;
-   ``"gru"``: a bidirectional GRU + LayerNorm): X_m (B, T_m, d).
-3. Cross-attention, ``iterations`` times with shared weights (recursive):
-   X_m^att = LN(X_m + Wo_m softmax(Wq_m X_m (Wk_m K_m)^T / sqrt(d/h)) Wv_m K_m), multi-head,
-   where K_A = X_V, K_V = X_A (``cross``) or K_m = [X_A; X_V] (``joint``). A row with no
-   valid key steps (the other modality missing, ``cross``) keeps X_m^att = X_m.
-4. DCA conditional gate (``gate=True``), per step t:
-   (g0, g1) = softmax(W_g [X_m,t ; X_m,t^att] / T), out_t = g0 X_m,t + g1 X_m,t^att, with the
-   temperature T (default 0.1, 2403.04661): g1 -> 1 selects the cross-attended features
-   where the inter-modal relationship is strong, g0 -> 1 falls back to the unattended ones.
-   The gate weights of the last ``embed`` call are kept in ``head.last_gates`` for analysis.
-5. Attentive statistics pooling (channel-wise attention, ECAPA-style) over valid steps:
-   (mu_m, sigma_m) (B, 2d); a missing modality uses a learned filler vector instead.
-6. ``Linear(4d, dim)`` with ``dim = 512``: the identity embedding (cosine scoring).
+1. Each step is L2-normalised (``input_norm="l2"``; ``"standardize"``: ``InputNorm``).
+2. Temporal encoder per modality, ``encoder="lstm"``: 2-layer BiLSTM at the native width
+   (192 for ECAPA, 512 for iresnet), input concatenated to its output, Linear back to the
+   width, L2-normalised (``fusion.heads.attention_layers.BiLSTMEncoder``). Steps that are invalid
+   (repeat-padded) or whose modality is absent are replaced by a learned filler vector of
+   that modality (the authors' clips always have both modalities and 8 steps: their loader
+   zero-pads short clips).
+3. ``formulation="corr"``: ``layers`` (2) sublayers with their own weights of the authors'
+   joint cross-attention over the joint features concatenated on the feature axis
+   (192 + 512 = 704): feature-correlation C = tanh(K J / sqrt(704)), attended
+   H = ReLU(tanh(V C)), residual X + Dropout(ReLU(W H)), dropout 0.6
+   (``CorrelationSublayer``). Needs S = F = ``steps`` (the time-axis key projection is a
+   Linear(steps, steps), as the authors' Linear(8, 8); ``avfuse train`` sets ``steps`` to the
+   cache's step count, and a batch with fewer steps is padded with invalid steps). ``iterations`` > 1 repeats the
+   stack with shared weights (recursive JCA).
+4. DCA conditional gate (``gate=True``), per step t, from the attended features alone
+   (``gate_input="att"``: Linear(d_m, 2)):
+   (g0, g1) = softmax(W_g X_m,t^att / T), out_t = ReLU(g0 X_m,t + g1 X_m,t^att) (``gate_relu``),
+   T = 0.1. g1 -> 1 selects the cross-attended features, g0 -> 1 the unattended ones. The
+   gate weights of the last ``embed`` call are kept in ``head.last_gates``.
+5. ``pooling="joint"``: per-step concatenation [Y_A,t ; Y_V,t] (704), one attentive
+   statistics pooling over the steps valid in either modality (-> 1408), Linear -> ``dim``
+   (512): the identity embedding (cosine scoring).
 
-Scaled dot-product softmax attention is used for the cross-correlation (the papers'
-tanh-correlation + attention-map formulation is an equivalent-capacity variant); ``joint``
-implements JCA's idea that each modality attends to the joint audio-visual
-representation (intra- and inter-modal relations in one map) by attending over the
-concatenated sequence, which also works when S != F.
+Options that give avfuse's earlier variants (each can be swept on its own with
+``avfuse ablate --sweep dca.FIELD=...``): ``formulation="softmax"`` (multi-head scaled
+dot-product attention over time steps, joint keys = [audio steps; face steps] along time,
+residual + LayerNorm; works for S != F), ``encoder="conv"|"gru"`` (Linear -> ``d_model`` +
+Conv1d/BiGRU + LayerNorm), ``gate_input="x_and_att"`` (Linear(2d, 2) on [X; X_att]),
+``gate_relu=False``, ``pooling="separate"`` (one ASP per modality, a learned pooled filler
+for a missing modality, Linear(2 d_A + 2 d_V -> dim)), ``input_norm="standardize"``.
+``d_model``: 0 keeps the native widths (``corr``); N > 0 projects both modalities to N
+first; ``softmax`` and the conv/gru encoders need one width for both (0 -> 256).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fusion.batch import MODALITIES, EmbeddingBatch
-from fusion.heads.base import FIT_ROWS, FusionHead, InputNorm, _need, spaced_rows
+from fusion.heads.attention_layers import (  # noqa: F401 (re-export)
+    ENCODERS,
+    AttentiveStatsPool,
+    BiLSTMEncoder,
+    CorrelationSublayer,
+    CrossAttention,
+    TemporalEncoder,
+    masked_softmax,
+)
+from fusion.heads.base import FIT_ROWS, FusionHead, _need, spaced_rows
+from fusion.recipes import DCA_RECIPE
 from fusion.registry import register_head
+from pipeline.core.errors import HeadError
 
 ATTENTIONS = ("cross", "joint")
-ENCODERS = ("conv", "gru")
+FORMULATIONS = ("corr", "softmax")
+POOLINGS = ("joint", "separate")
+GATE_INPUTS = ("att", "x_and_att")
+INPUT_NORMS = ("l2", "standardize")
+SOFTMAX_D_MODEL = 256       # the common width of formulation="softmax" / conv / gru when d_model is 0
 
 
-def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
-    """Softmax over ``dim`` restricted to ``mask``; all-masked slices give all-zero weights."""
-    any_valid = mask.any(dim=dim, keepdim=True)
-    m = mask | ~any_valid
-    w = torch.softmax(logits.masked_fill(~m, float("-inf")), dim=dim)
-    return w * any_valid
+def _pad_steps(t: torch.Tensor, steps: int) -> torch.Tensor:
+    """(B, T, ...) -> (B, steps, ...) with zeros (False) appended on the time axis."""
+    pad = torch.zeros((t.shape[0], steps - t.shape[1], *t.shape[2:]), dtype=t.dtype, device=t.device)
+    return torch.cat([t, pad], dim=1)
 
 
-class TemporalEncoder(nn.Module):
-    """Linear projection + a small temporal encoder over (B, T, D) -> (B, T, d)."""
-
-    def __init__(self, d_in: int, d: int, kind: str = "conv", dropout: float = 0.1):
-        super().__init__()
-        if kind not in ENCODERS:
-            raise ValueError(f"encoder must be one of {ENCODERS}, got {kind!r}")
-        self.kind = kind
-        self.norm_in = InputNorm(d_in)
-        self.proj = nn.Linear(d_in, d)
-        if kind == "conv":
-            self.conv = nn.Conv1d(d, d, kernel_size=3, padding=1)
-        else:
-            self.gru = nn.GRU(d, d // 2, batch_first=True, bidirectional=True)
-        self.norm = nn.LayerNorm(d)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        h = self.proj(self.norm_in(x)) * valid[..., None]
-        if self.kind == "conv":
-            r = self.conv(h.transpose(1, 2)).transpose(1, 2)
-        else:
-            r = self.gru(h)[0]
-        return self.norm(h + self.drop(F.relu(r))) * valid[..., None]
-
-
-class CrossAttention(nn.Module):
-    """Multi-head attention of queries ``x`` (B, T, d) over keys ``k`` (B, L, d), masked, residual + LN."""
-
-    def __init__(self, d: int, n_heads: int = 4, dropout: float = 0.1):
-        super().__init__()
-        if d % n_heads:
-            raise ValueError(f"d_model {d} must be divisible by n_heads {n_heads}")
-        self.h = n_heads
-        self.q = nn.Linear(d, d)
-        self.kv = nn.Linear(d, 2 * d)
-        self.o = nn.Linear(d, d)
-        self.norm = nn.LayerNorm(d)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        length = k.shape[1]
-        dh = d // self.h
-        q = self.q(x).view(b, t, self.h, dh).transpose(1, 2)                 # B h T dh
-        kk, vv = self.kv(k).view(b, length, 2, self.h, dh).permute(2, 0, 3, 1, 4)  # B h L dh each
-        logits = q @ kk.transpose(-1, -2) / math.sqrt(dh)                    # B h T L
-        w = masked_softmax(logits, key_valid[:, None, None, :], dim=-1)
-        att = (w @ vv).transpose(1, 2).reshape(b, t, d)
-        out = self.norm(x + self.drop(self.o(att)))
-        has_keys = key_valid.any(dim=1)[:, None, None]
-        return torch.where(has_keys, out, x)
-
-
-class AttentiveStatsPool(nn.Module):
-    """Channel-wise attentive statistics pooling: (B, T, d), mask (B, T) -> (B, 2d) = [mu; sigma]."""
-
-    def __init__(self, d: int, bottleneck: int = 128):
-        super().__init__()
-        self.att = nn.Sequential(nn.Linear(d, bottleneck), nn.Tanh(), nn.Linear(bottleneck, d))
-
-    def forward(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        w = masked_softmax(self.att(h).float(), valid[..., None], dim=1)    # B T d
-        hf = h.float()
-        mu = (w * hf).sum(1)
-        var = (w * hf * hf).sum(1) - mu * mu
-        return torch.cat([mu, torch.sqrt(var.clamp_min(1e-5))], dim=1)
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 class CrossAttentionHead(FusionHead):
     """CA / JCA / DCA on the per-step sequences (see the module docstring for the exact definition)."""
 
     needs_sequences = True
-    default_margin = 0.4      # 2403.04661: AAM-softmax, m = 0.4, s = 64
+    default_margin = 0.4      # 2403.04661 / the authors' trainer.py:57 + run_train.sh:33-34: m = 0.4, s = 64
     default_scale = 64.0
 
     def __init__(self, *, audio_dim: int, face_dim: int, attention: str = "joint", gate: bool = True,
-                 temperature: float = 0.1, d_model: int = 256, n_heads: int = 4, iterations: int = 1,
-                 encoder: str = "conv", dim: int = 512, dropout: float = 0.1):
+                 temperature: float = 0.1, formulation: str = "corr", encoder: str = "lstm",
+                 pooling: str = "joint", gate_input: str = "att", gate_relu: bool = True,
+                 input_norm: str = "l2", d_model: int = 0, layers: int = 2, iterations: int = 1,
+                 steps: int = 8, n_heads: int = 4, dim: int = 512, dropout: float = 0.1,
+                 att_dropout: float = 0.6):
         super().__init__(audio_dim=audio_dim, face_dim=face_dim)
-        if attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+        for name, value, allowed in (("attention", attention, ATTENTIONS), ("formulation", formulation, FORMULATIONS),
+                                     ("encoder", encoder, ENCODERS), ("pooling", pooling, POOLINGS),
+                                     ("gate_input", gate_input, GATE_INPUTS), ("input_norm", input_norm, INPUT_NORMS)):
+            _choice(name, value, allowed)
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        if iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {iterations}")
+        if iterations < 1 or layers < 1 or steps < 1:
+            raise ValueError(f"iterations, layers and steps must be >= 1, got {iterations}, {layers}, {steps}")
         self.attention, self.gate, self.temperature = attention, bool(gate), float(temperature)
-        self.iterations, self.dim, self.d_model = int(iterations), int(dim), int(d_model)
-        self.enc_a = TemporalEncoder(audio_dim, d_model, encoder, dropout)
-        self.enc_v = TemporalEncoder(face_dim, d_model, encoder, dropout)
-        self.att_a = CrossAttention(d_model, n_heads, dropout)
-        self.att_v = CrossAttention(d_model, n_heads, dropout)
+        self.formulation, self.pooling, self.gate_input = formulation, pooling, gate_input
+        self.gate_relu, self.iterations, self.steps = bool(gate_relu), int(iterations), int(steps)
+        self.dim = int(dim)
+        if d_model < 0:
+            raise ValueError(f"d_model must be >= 0 (0: native widths), got {d_model}")
+        if not d_model and (formulation == "softmax" or encoder != "lstm"):
+            d_model = SOFTMAX_D_MODEL
+        wa, wv = (audio_dim, face_dim) if not d_model else (int(d_model), int(d_model))
+        self.widths = (wa, wv)
+        std = input_norm == "standardize"
+        if encoder == "lstm":
+            self.enc_a = BiLSTMEncoder(audio_dim, wa, dropout=dropout, standardize=std)
+            self.enc_v = BiLSTMEncoder(face_dim, wv, dropout=dropout, standardize=std)
+        else:
+            self.enc_a = TemporalEncoder(audio_dim, wa, encoder, dropout, standardize=std)
+            self.enc_v = TemporalEncoder(face_dim, wv, encoder, dropout, standardize=std)
+        self.uses_step_filler = formulation == "corr" or pooling == "joint"
+        if self.uses_step_filler:
+            self.step_filler_a = nn.Parameter(torch.zeros(wa))
+            self.step_filler_v = nn.Parameter(torch.zeros(wv))
+        if formulation == "corr":
+            self.sublayers = nn.ModuleList(CorrelationSublayer(wa, wv, steps, attention=attention,
+                                                               dropout=att_dropout) for _ in range(layers))
+        else:
+            self.sublayers = nn.ModuleList(nn.ModuleList([CrossAttention(wa, n_heads, dropout),
+                                                          CrossAttention(wv, n_heads, dropout)])
+                                           for _ in range(layers))
         if self.gate:
-            self.gate_a = nn.Linear(2 * d_model, 2)
-            self.gate_v = nn.Linear(2 * d_model, 2)
-        self.pool_a = AttentiveStatsPool(d_model)
-        self.pool_v = AttentiveStatsPool(d_model)
-        self.filler_a = nn.Parameter(torch.zeros(2 * d_model))
-        self.filler_v = nn.Parameter(torch.zeros(2 * d_model))
-        self.out = nn.Linear(4 * d_model, dim)
+            k = 1 if gate_input == "att" else 2
+            self.gate_a, self.gate_v = nn.Linear(k * wa, 2), nn.Linear(k * wv, 2)
+        if pooling == "joint":
+            self.pool = AttentiveStatsPool(wa + wv, bottleneck=256, relu=True)
+        else:
+            self.pool_a, self.pool_v = AttentiveStatsPool(wa), AttentiveStatsPool(wv)
+            self.filler_a = nn.Parameter(torch.zeros(2 * wa))
+            self.filler_v = nn.Parameter(torch.zeros(2 * wv))
+        self.out = nn.Linear(2 * (wa + wv), dim)
         self.last_gates: dict[str, torch.Tensor] = {}
 
     @property
     def embedding_dim(self) -> int:
         return self.dim
 
+    # ------------------------------------------------------------------ parts
     def _gate(self, layer: nn.Linear, x: torch.Tensor, x_att: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.softmax(layer(torch.cat([x, x_att], dim=-1)).float() / self.temperature, dim=-1)  # B T 2
-        return g[..., :1] * x + g[..., 1:] * x_att, g
+        inp = x_att if self.gate_input == "att" else torch.cat([x, x_att], dim=-1)
+        g = torch.softmax(layer(inp).float() / self.temperature, dim=-1)            # B T 2
+        out = g[..., :1] * x + g[..., 1:] * x_att
+        return (torch.relu(out) if self.gate_relu else out), g
 
     def _steps(self, batch: EmbeddingBatch, use) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         a_p, v_p = batch.present(use)
@@ -177,38 +168,67 @@ class CrossAttentionHead(FusionHead):
                    else torch.ones(a_seq.shape[:2], dtype=torch.bool, device=a_seq.device)) & a_p[:, None]
         v_valid = (batch.face_seq_valid.bool() if batch.face_seq_valid is not None
                    else torch.ones(v_seq.shape[:2], dtype=torch.bool, device=v_seq.device)) & v_p[:, None]
+        s, f = a_seq.shape[1], v_seq.shape[1]
+        if (self.formulation == "corr" or self.pooling == "joint") and s != f:
+            raise HeadError(f"head '{self.name}' pairs audio step t with face step t, but the cache has {s} audio "
+                            f"segments and {f} face frames per clip",
+                            hint="re-extract with --segments N --frames N (equal), or train with --option "
+                                 "formulation=softmax --option pooling=separate")
+        if self.formulation == "corr" and s != self.steps:
+            if s > self.steps:
+                raise HeadError(f"head '{self.name}' was built for {self.steps} steps per clip (its time-axis key "
+                                f"projection is Linear({self.steps}, {self.steps})), the batch has {s}",
+                                hint=f"train with --option steps={s}, or re-extract with {self.steps} segments/frames")
+            # fewer steps (a shorter clip, `avfuse ablate --lengths`): pad with invalid steps (-> fillers)
+            a_seq, a_valid, v_seq, v_valid = (_pad_steps(t, self.steps) for t in (a_seq, a_valid, v_seq, v_valid))
         return a_seq, a_valid, v_seq, v_valid
+
+    def _attend(self, xa, a_valid, xv, v_valid):
+        ya, yv = xa, xv
+        for _ in range(self.iterations):
+            for layer in self.sublayers:
+                if self.formulation == "corr":
+                    ya, yv = layer(ya, yv)
+                    continue
+                att_a, att_v = layer
+                if self.attention == "cross":
+                    ka, ka_valid, kv, kv_valid = yv, v_valid, ya, a_valid
+                else:
+                    joint = torch.cat([ya, yv], dim=1)
+                    joint_valid = torch.cat([a_valid, v_valid], dim=1)
+                    ka, ka_valid, kv, kv_valid = joint, joint_valid, joint, joint_valid
+                ya, yv = att_a(ya, ka, ka_valid), att_v(yv, kv, kv_valid)
+        return ya, yv
 
     def embed(self, batch, use=MODALITIES):
         a_seq, a_valid, v_seq, v_valid = self._steps(batch, use)
         xa = self.enc_a(a_seq, a_valid)
         xv = self.enc_v(v_seq, v_valid)
-        ya, yv = xa, xv
-        for _ in range(self.iterations):
-            if self.attention == "cross":
-                ka, ka_valid, kv, kv_valid = yv, v_valid, ya, a_valid
-            else:
-                joint = torch.cat([ya, yv], dim=1)
-                joint_valid = torch.cat([a_valid, v_valid], dim=1)
-                ka, ka_valid, kv, kv_valid = joint, joint_valid, joint, joint_valid
-            ya, yv = self.att_a(ya, ka, ka_valid), self.att_v(yv, kv, kv_valid)
+        if self.uses_step_filler:   # invalid / absent steps -> the modality's learned filler
+            xa = torch.where(a_valid[..., None], xa, self.step_filler_a.to(xa.dtype))
+            xv = torch.where(v_valid[..., None], xv, self.step_filler_v.to(xv.dtype))
+        ya, yv = self._attend(xa, a_valid, xv, v_valid)
         if self.gate:
             ya, ga = self._gate(self.gate_a, xa, ya)
             yv, gv = self._gate(self.gate_v, xv, yv)
             self.last_gates = {"A": ga.detach(), "V": gv.detach(),
                                "A_valid": a_valid.detach(), "V_valid": v_valid.detach()}
-        a_has, v_has = a_valid.any(1), v_valid.any(1)
-        pa = torch.where(a_has[:, None], self.pool_a(ya, a_valid), self.filler_a.float())
-        pv = torch.where(v_has[:, None], self.pool_v(yv, v_valid), self.filler_v.float())
-        return self.out(torch.cat([pa, pv], dim=1))
+        if self.pooling == "joint":
+            pooled = self.pool(torch.cat([ya, yv], dim=-1), a_valid | v_valid)
+        else:
+            a_has, v_has = a_valid.any(1), v_valid.any(1)
+            pa = torch.where(a_has[:, None], self.pool_a(ya, a_valid), self.filler_a.float())
+            pv = torch.where(v_has[:, None], self.pool_v(yv, v_valid), self.filler_v.float())
+            pooled = torch.cat([pa, pv], dim=1)
+        return self.out(pooled)
 
     @torch.no_grad()
     def fit_inputs(self, batch: EmbeddingBatch, max_rows: int = FIT_ROWS) -> None:
-        """Fit the step-level input normalisers on the valid steps of (at most ``max_rows``
-        evenly spaced) present rows."""
+        """Fit the step-level ``InputNorm``s (``input_norm="standardize"`` only; ``"l2"`` has nothing
+        to fit) on the valid steps of (at most ``max_rows`` evenly spaced) present rows."""
         for seq, valid, has, enc in ((batch.audio_seq, batch.audio_seq_valid, batch.has_audio, self.enc_a),
                                      (batch.face_seq, batch.face_seq_valid, batch.has_face, self.enc_v)):
-            if seq is None:
+            if seq is None or not enc.inp.standardize:
                 continue
             rows = spaced_rows(has, max_rows)
             if not rows.numel():
@@ -233,11 +253,11 @@ class CrossAttentionHead(FusionHead):
 
 
 register_head("cross_attention", CrossAttentionHead,
-              "vanilla cross-attention (audio<->face) on the 8-step sequences, ASP, 512-d",
-              defaults={"attention": "cross", "gate": False})
+              "vanilla cross-attention (audio<->face correlation), BiLSTM, per-step concat + ASP, 512-d",
+              defaults={"attention": "cross", "gate": False}, recipe=DCA_RECIPE)
 register_head("jca", CrossAttentionHead,
-              "joint cross-attention: each modality attends over [audio; face] steps, ASP, 512-d",
-              defaults={"attention": "joint", "gate": False})
+              "joint cross-attention (2 sublayers over [audio; face] features), BiLSTM, concat + ASP, 512-d",
+              defaults={"attention": "joint", "gate": False}, recipe=DCA_RECIPE)
 register_head("dca", CrossAttentionHead,
-              "dynamic cross-attention: JCA + per-step gate (softmax, T=0.1) attended vs unattended",
-              defaults={"gate": True})
+              "dynamic cross-attention: JCA + per-step gate on the attended features (softmax, T=0.1), ReLU",
+              defaults={"gate": True}, recipe=DCA_RECIPE)

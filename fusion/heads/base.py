@@ -15,13 +15,20 @@ from pipeline.core.errors import HeadError
 
 
 class InputNorm(nn.Module):
-    """``n(x) = (x / ||x|| - mean) / std`` per dimension, with ``mean``/``std`` buffers.
+    """``n(x) = (x / ||x|| - mean) / s``: per-dimension centring, one scalar scale ``s``.
 
-    Before ``fit`` (mean 0, std 1/sqrt(D)) it is ``sqrt(D) x / ||x||`` (unit-variance entries). ``fit`` estimates them on
-    the training rows (L2-normalised first): backbone embeddings share a large common
-    direction (e.g. mean cosine ~0.5-0.6 between any two toy-corpus clips), which
-    centring removes; per-dimension std is floored at 0.1 x its median so dead
-    dimensions are not blown up. Stored in the checkpoint (buffers).
+    Buffers ``mean`` (D,) and ``std`` (D,), the latter holding the same value ``s`` in every
+    entry (a (D,) buffer so checkpoints keep one layout). Before ``fit`` (mean 0, s = 1/sqrt(D))
+    it is ``sqrt(D) x / ||x||`` (unit-variance entries). ``fit`` estimates them on the
+    training rows (L2-normalised first): backbone embeddings share a large common direction
+    (e.g. mean cosine ~0.5-0.6 between any two toy-corpus clips), which centring removes;
+    ``s`` is the RMS over dimensions of the centred entries (sqrt of the mean per-dimension
+    variance), so the output has unit-variance entries on average. One scalar, not a
+    per-dimension std: dividing each dimension by its own std would inflate the
+    low-variance dimensions (little identity information, mostly noise in backbone
+    embeddings) to the weight of the informative ones and change the cosine geometry the
+    backbone was trained for; centring plus one scale removes only the common direction.
+    Stored in the checkpoint (buffers).
     """
 
     def __init__(self, d: int):

@@ -6,9 +6,9 @@ every scoring mode (AxA, VxV, AVxAV, AVxA, AVxV) works with every head. A row wh
 ``has_audio``/``has_face`` is False (or whose modality is not in ``use``) is treated
 as missing for that modality; heads never read an absent modality's vectors.
 
-Inputs of the trained heads are L2-normalised per modality, then standardised per
-dimension with statistics of the training rows (``InputNorm``, fitted by the trainer
-through ``head.fit_inputs``): ``u(x) = (x/||x|| - mean) / std``.
+Inputs of the trained heads are L2-normalised per modality, then centred per dimension
+and divided by one scalar spread, both estimated on the training rows (``InputNorm``,
+fitted by the trainer through ``head.fit_inputs``): ``u(x) = (x/||x|| - mean) / s``.
 
 Definitions (2311.05071, "On the behavior of audio-visual fusion architectures in
 identity verification tasks", adapted to frozen, cached backbones):

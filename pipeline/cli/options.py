@@ -53,16 +53,21 @@ def train_config(config_path=None, **flags):
 
 def recipe_options(fn):
     """The training-recipe flags ``avfuse train`` and ``avfuse ablate`` share (all default to
-    None: the --config file's value, else ``TrainConfig``'s)."""
+    None: the --config file's value, else the head's recipe, ``fusion.recipes``)."""
     options = [
         click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="TrainConfig JSON; flags given on the command line override it."),
-        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs. [default: 30]"),
-        click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Clips per step. [default: 256]"),
+                     help="TrainConfig JSON (any field, e.g. optimizer, schedule, lr_decay, weight_decay); flags "
+                          "given on the command line override it, and both override the head's recipe."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None,
+                     help="Epochs. [default: the head's recipe: 30 clip heads, 20 attention heads]"),
+        click.option("--batch-size", type=click.IntRange(min=2), default=None,
+                     help="Clips per step. [default: the head's recipe: 256 clip heads, 100 attention heads]"),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Peak AdamW LR. [default: 2e-3]"),
+                     help="Peak LR. [default: the head's recipe: AdamW 2e-3 cosine (clip heads), Adam 1e-3 "
+                          "x0.65 per epoch (attention heads, the DCA authors'); see `avfuse heads --json`]"),
         click.option("--mask-prob", type=click.FloatRange(0, 1, max_open=True), default=None,
-                     help="P(a sample loses its audio or its face) per step (never both). [default: 0.3]"),
+                     help="P(a sample loses its audio or its face) per step (never both). [default: the "
+                          "head's recipe: 0.3 clip heads, 0 attention heads]"),
         click.option("--seed", type=int, default=None, help="Seed (same seed, same head). [default: 0]"),
         click.option("--split", default=None, help="Cache split to train on. [default: train]"),
         click.option("--device", default=None, help="auto, cpu, cuda[:N]. [default: auto]"),

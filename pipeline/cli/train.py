@@ -27,13 +27,31 @@ def _random_batch(n: int, audio_dim: int, face_dim: int, steps: int, frames: int
         has_audio=torch.ones(n, dtype=torch.bool), has_face=torch.ones(n, dtype=torch.bool))
 
 
+def rnn_flops(head, steps: int, frames: int) -> int:
+    """FLOPs of the head's LSTM/GRU modules for one clip (2 per multiply-add of the gate matmuls, all
+    steps), which ``FlopCounterMode`` does not count; modules under ``enc_v`` run over ``frames``."""
+    import torch
+
+    total = 0
+    for name, m in head.named_modules():
+        if not isinstance(m, (torch.nn.LSTM, torch.nn.GRU)):
+            continue
+        gates = 4 if isinstance(m, torch.nn.LSTM) else 3
+        dirs = 2 if m.bidirectional else 1
+        t = frames if "enc_v" in name else steps
+        for layer in range(m.num_layers):
+            d_in = m.input_size if layer == 0 else m.hidden_size * dirs
+            total += 2 * gates * m.hidden_size * (d_in + m.hidden_size) * dirs * t
+    return total
+
+
 def head_costs(audio_dim: int = 192, face_dim: int = 512, *, steps: int = 8, frames: int = 8,
                clips: int = 1000, repeats: int = 3, device: str = "cpu", threads: int | None = None) -> list[dict]:
     """One row per registered head: parameters, MFLOPs per clip, ms per ``clips`` clips (AVxAV embed).
 
     MFLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over one AV ``embed`` of 64
     clips, divided by 64 (matmul/conv/attention FLOPs, 2 per multiply-add; elementwise
-    ops not counted). Time: median of ``repeats`` ``embed`` calls on ``clips`` random
+    ops not counted), plus the LSTM/GRU gate matmuls it does not see (``rnn_flops``). Time: median of ``repeats`` ``embed`` calls on ``clips`` random
     clips after one warm-up, eval mode, no grad.
     """
     import torch
@@ -55,7 +73,7 @@ def head_costs(audio_dim: int = 192, face_dim: int = 512, *, steps: int = 8, fra
             fc = FlopCounterMode(display=False)
             with fc:
                 head.embed(small)
-            mflops = fc.get_total_flops() / 64 / 1e6
+            mflops = (fc.get_total_flops() / 64 + rnn_flops(head, steps, frames)) / 1e6
             head.embed(big)  # warm-up
             times = []
             for _ in range(repeats):
@@ -70,7 +88,8 @@ def head_costs(audio_dim: int = 192, face_dim: int = 512, *, steps: int = 8, fra
         rows.append({"name": entry.name, "parameters": head.n_parameters(), "mflops_per_clip": round(mflops, 3),
                      "ms_per_1000_clips": round(ms, 2), "embedding_dim": head.embedding_dim,
                      "score_kind": head.score_kind, "needs_sequences": entry.needs_sequences,
-                     "trainable": entry.trainable, "description": entry.description})
+                     "trainable": entry.trainable, "description": entry.description,
+                     "recipe": entry.train_recipe() if entry.trainable else None})
     return rows
 
 
@@ -93,6 +112,9 @@ def heads_cmd(as_json, audio_dim, face_dim, steps, clips, repeats, device) -> No
     The inference time is measured now, on this machine: one AVxAV embed of
     --clips random clips (median of --repeats), reported per 1,000 clips.
     MFLOPs count matmul/conv FLOPs (2 per multiply-add) of embedding one clip.
+    "recipe" is the head's training defaults (optimizer, LR, schedule, weight
+    decay, batch, epochs, masking) that `avfuse train` uses unless flags say
+    otherwise; --json lists every field under "recipe".
     """
     rows = head_costs(audio_dim, face_dim, steps=steps, frames=steps, clips=clips, repeats=repeats, device=device)
     if as_json:
@@ -100,11 +122,15 @@ def heads_cmd(as_json, audio_dim, face_dim, steps, clips, repeats, device) -> No
                                "heads": rows}, indent=2))
         return
     click.echo(f"fusion heads at audio {audio_dim}-d, face {face_dim}-d, {steps} steps; time on {device}")
-    click.echo(f"{'head':<16}{'params':>11}{'MFLOPs/clip':>13}{'ms/1k clips':>13}  {'dim':>4}  input  description")
+    from fusion.recipes import describe
+
+    click.echo(f"{'head':<16}{'params':>11}{'MFLOPs/clip':>13}{'ms/1k clips':>13}  {'dim':>4}  input  "
+               f"{'recipe':<48}description")
     for r in rows:
         inp = "seq" if r["needs_sequences"] else "clip"
+        rec = describe(r["recipe"]) if r["recipe"] else "(calibrated, not trained)"
         click.echo(f"{r['name']:<16}{r['parameters']:>11,}{r['mflops_per_clip']:>13.2f}"
-                   f"{r['ms_per_1000_clips']:>13.1f}  {r['embedding_dim']:>4}  {inp:<5}  {r['description']}")
+                   f"{r['ms_per_1000_clips']:>13.1f}  {r['embedding_dim']:>4}  {inp:<5}  {rec:<48}{r['description']}")
 
 
 @click.command("train", context_settings=_CTX)
@@ -163,7 +189,7 @@ def train_cmd(cache_path, head_name, out, config_path, epochs, batch_size, lr, m
     t0 = time.perf_counter()
     head, history = train_head(cache, head_name, cfg, dev_trials, progress=None if not quiet else False)
     secs = time.perf_counter() - t0
-    meta = checkpoint_meta(cfg, cache, history)
+    meta = checkpoint_meta(cfg, cache, history, head_name=head_name)
     meta["dev_trials"] = dev_trials
     meta["train_seconds"] = round(secs, 3)
     save_head(out, head, meta)

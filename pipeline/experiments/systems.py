@@ -33,7 +33,7 @@ from pipeline.report.tables import safe_name
 
 # TrainConfig fields a sweep may vary (the others pick the data or the device)
 TRAIN_SWEEPABLE = ("epochs", "batch_size", "lr", "weight_decay", "warmup", "grad_clip", "mask_prob", "loss",
-                   "margin", "scale", "temperature", "seed", "patience")
+                   "margin", "scale", "temperature", "seed", "patience", "optimizer", "schedule", "lr_decay")
 
 
 @dataclass
@@ -244,7 +244,8 @@ class HeadTrainer:
         from pipeline.train.run import checkpoint_meta
 
         _batch, labels, _dev = self._load()
-        meta = checkpoint_meta(cfg, self.cache, history, n_classes=int(labels.max()) + 1)
+        meta = checkpoint_meta(cfg, self.cache, history, n_classes=int(labels.max()) + 1,
+                               head_name=getattr(head, "name", None))
         meta["trained_by"] = "avfuse ablate"
         meta["dev_trials"] = getattr(self.dev_trials, "path", self.dev_trials)
         save_head(path, head, meta)

@@ -15,7 +15,7 @@ import torch
 from fusion.batch import EmbeddingBatch, resolve_device
 from fusion.evaluation import DevSet
 from fusion.registry import get_head
-from fusion.trainer import TrainConfig, check_training_data, fit_head
+from fusion.trainer import TrainConfig, check_training_data, fit_head, recipe_record, resolve_config
 from pipeline import __version__
 from pipeline.core.config import to_dict
 from pipeline.core.errors import ConfigError
@@ -49,9 +49,12 @@ def _resolve_dev(dev_trials, cache, need_sequences: bool, device) -> DevSet | No
 
 
 def checkpoint_meta(cfg: TrainConfig, cache=None, history: list[dict] | None = None,
-                    n_classes: int | None = None) -> dict:
-    """The ``meta`` ``avfuse train`` stores next to the weights: TrainConfig, cache fingerprint, history."""
+                    n_classes: int | None = None, head_name: str | None = None) -> dict:
+    """The ``meta`` ``avfuse train`` stores next to the weights: TrainConfig (as given), the
+    resolved recipe (``recipe``, with ``head_name``), cache fingerprint, history."""
     meta: dict[str, Any] = {"train_config": to_dict(cfg), "history": history or []}
+    if head_name is not None:
+        meta["recipe"] = recipe_record(cfg, head_name)
     if n_classes is not None:
         meta["n_classes"] = int(n_classes)
     if cache is not None:
@@ -69,8 +72,7 @@ def train_head(data, head_name: str, cfg: TrainConfig | None = None, dev_trials=
     ``data``: an ``EmbeddingCache``, a cache path, or ``(EmbeddingBatch, labels)``.
     ``dev_trials``: None, a ``DevSet``, or (with a cache) a trial-list path / ``TrialList``.
     """
-    cfg = cfg or TrainConfig()
-    cfg.validate()
+    cfg = resolve_config(cfg or TrainConfig(), head_name)
     entry = get_head(head_name)
     device = resolve_device(cfg.device)
     batch, labels, cache = _resolve_data(data, cfg, entry.needs_sequences, device)

@@ -190,8 +190,7 @@ def test_score_avg_dot_equals_fused_znorm_score(data):
 
 
 def test_input_norm_centres_and_scales():
-    from fusion.heads import InputNorm
-    from fusion.heads.base import spaced_rows
+    from fusion.heads.base import InputNorm, spaced_rows
     torch.manual_seed(0)
     x = torch.randn(500, 16) + 8.0 * torch.ones(16)     # a large common direction, as backbone outputs have
     n = InputNorm(16)
@@ -210,7 +209,8 @@ def test_input_norm_centres_and_scales():
 @pytest.mark.parametrize("name", ["mean", "dca"])
 def test_fit_inputs_uses_present_rows_and_valid_steps_only(name, data):
     b, _ = data
-    h = small_head(name)
+    # dca: only input_norm="standardize" has statistics to fit (the default "l2" has none)
+    h = small_head(name) if name == "mean" else build_head(name, 24, 32, **SMALL[name], input_norm="standardize")
     h.fit_inputs(b)
     norm = h.norm_v if name == "mean" else h.enc_v.norm_in
     before = norm.mean.clone()
