@@ -24,9 +24,9 @@ get at least 2 speakers each, train at least 2).
 Determinism: every random draw comes from ``numpy.random.default_rng(SeedSequence([seed,
 kind, speaker, video, clip]))``, so a speaker's voice, face, video ids and clips depend
 only on (seed, speaker number), never on how many speakers are generated (the split a
-speaker lands in can). A speaker's voice and face come from independent generators:
-nothing about a toy voice predicts its face (unlike real people, where sex and age link
-the two), so no head can transfer identity across modalities for an unseen speaker.
+speaker lands in can). A speaker's voice and face come from independent generators; with
+``av_correlation`` R > 0 shared latent traits (sex, age, size) then redraw part of both, so
+that a voice predicts its face as in real people (``data_manifests.synth_traits``).
 Trials: for a split, every pair of clips of one speaker from different videos is a target
 trial (a random subset of ``max_trials // 2`` when set); each target ``(e, t)`` is paired
 with one non-target ``(e, x)``, ``x`` drawn from other speakers of the split without
@@ -55,15 +55,16 @@ import numpy as np
 
 from data_manifests.manifest import ClipRecord, write_manifest
 from data_manifests.synth_face import FaceVariation, render_clip, sample_face, sample_scene
+from data_manifests.synth_info import INFO_NAME, info_config, read_conditions
+from data_manifests.synth_traits import correlate
 from data_manifests.synth_voice import VoiceVariation, sample_channel, sample_voice, synth_clip
 from pipeline.config import atomic_write_json, to_dict
 from pipeline.errors import ConfigError
 
 # generator kinds (the second word of every seed sequence)
-K_SPLIT, K_VOICE, K_FACE, K_VIDEO_ID, K_CHANNEL, K_SCENE, K_CLIP, K_CLIP_FACE, K_TRIALS = range(1, 10)
+K_SPLIT, K_VOICE, K_FACE, K_VIDEO_ID, K_CHANNEL, K_SCENE, K_CLIP, K_CLIP_FACE, K_TRIALS, K_TRAITS = range(1, 11)
 YOUTUBE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 OWNED = ("dev", "test", "wav", "mp4", "frames", "trials", "manifest.jsonl", "synth_info.json")
-INFO_NAME = "synth_info.json"
 
 
 @dataclass
@@ -86,6 +87,7 @@ class SynthConfig:
     occluded_share: float = 0.10         # clips with the face heavily occluded
     absent_share: float = 0.05           # clips with no face (blank frames)
     max_trials: int | None = None        # per split; None: every cross-video target pair
+    av_correlation: float = 0.0          # voice-face trait correlation R (0: independent; synth_traits)
     voice: VoiceVariation = field(default_factory=VoiceVariation)
     face: FaceVariation = field(default_factory=FaceVariation)
 
@@ -129,6 +131,8 @@ class SynthConfig:
         if len(fr) != 3 or any(f < 0 for f in fr) or not abs(sum(fr) - 1) < 1e-6:
             raise bad(f"split fractions must be three non-negative numbers summing to 1, got {fr}",
                       "e.g. (0.6, 0.2, 0.2)")
+        if not 0 <= self.av_correlation <= 1:
+            raise bad(f"--av-correlation must be in [0, 1], got {self.av_correlation}", "0: independent, 1: shared")
         if self.max_trials is not None and self.max_trials < 2:
             raise bad(f"max_trials must be >= 2, got {self.max_trials}", "or None for all target pairs")
 
@@ -190,8 +194,8 @@ def _make_video(args: tuple) -> list[tuple[dict, dict]]:
     cfg_dict, out_dir, spk_i, vid_i, spk, vid, split = args
     cfg = _config_from_dict(cfg_dict)
     s = cfg.seed
-    voice = sample_voice(_rng(s, K_VOICE, spk_i), cfg.voice)
-    face = sample_face(_rng(s, K_FACE, spk_i), cfg.face)
+    voice, face = correlate(sample_voice(_rng(s, K_VOICE, spk_i), cfg.voice), sample_face(_rng(s, K_FACE, spk_i),
+                            cfg.face), _rng(s, K_TRAITS, spk_i), cfg.av_correlation, cfg.voice, cfg.face)
     channel = sample_channel(_rng(s, K_CHANNEL, spk_i, vid_i), cfg.voice)
     scene = sample_scene(_rng(s, K_SCENE, spk_i, vid_i), cfg.face_size, cfg.face)
     spf = cfg.sample_rate // cfg.fps
@@ -362,7 +366,7 @@ def synthesize(out_dir: str | Path, layout: str = "vox2", speakers: int = 40, vi
     # the info file leaves out timings so that the whole corpus is reproducible byte for byte
     stable = {k: v for k, v in report.items() if k not in ("elapsed_s", "workers", "out_dir", "manifest",
                                                            "trials", "info")}
-    atomic_write_json(out / INFO_NAME, {"config": to_dict(cfg), "summary": stable,
+    atomic_write_json(out / INFO_NAME, {"config": info_config(to_dict(cfg)), "summary": stable,
                                         "conditions": dict(sorted(conditions.items()))})
     return report
 
@@ -390,16 +394,6 @@ def _run(tasks: list[tuple], workers: int, progress: bool) -> list:
             return out
     finally:
         bar.close()
-
-
-def read_conditions(corpus_dir: str | Path) -> dict[str, dict[str, str]]:
-    """Per-clip conditions ``{clip_id: {"audio": clean|noisy, "face": ok|occluded|absent}}``."""
-    import json
-
-    p = Path(corpus_dir) / INFO_NAME
-    if not p.exists():
-        raise ConfigError("not a synthetic corpus (no synth_info.json)", path=p, hint="create one with `avfuse synth`")
-    return json.loads(p.read_text())["conditions"]
 
 
 __all__ = ["SynthConfig", "synthesize", "make_trials", "assign_splits", "speaker_id", "video_ids",

@@ -1,0 +1,114 @@
+"""`avfuse synth --av-correlation R`: R = 0 is the corpus of before the option byte for byte (reference
+hashes computed with the code before the option existed), R > 0 links voice and face parameters through
+shared traits with the stated correlations while keeping each modality's marginal shares."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from data_manifests.synth import synthesize
+from data_manifests.synth_cli import synth_cmd
+from data_manifests.synth_face import sample_face
+from data_manifests.synth_traits import correlate, sample_traits
+from data_manifests.synth_voice import sample_voice
+from pipeline.errors import ConfigError
+
+TINY = dict(speakers=6, videos_per_speaker=2, clips_per_video=1, seed=5, clip_seconds=0.3, face_size=32,
+            workers=1, progress=False)
+# sha256 over (relative path, bytes) of every file of the TINY corpus, computed with the code of commit
+# 97a53f7 (before --av-correlation existed): media (AAC/H.264 with this PyAV build; WAV; JPEG), manifest,
+# trials and synth_info.json
+REFERENCE = {"vox2": "06bf92c46f981c829c7786d5e0b3d66e0b9c9b0f41230b89739cf9902242ef5c",
+             "vox1": "5297e9b788785547f4b481a3eb3e5c362b39aed8fcce670dbe794aad66c5297f"}
+
+
+def corpus_hash(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("layout,fmt", [("vox2", "mp4"), ("vox1", "jpg")])
+def test_zero_correlation_is_the_old_corpus_byte_for_byte(tmp_path, layout, fmt):
+    out = tmp_path / layout
+    synthesize(out, layout=layout, frames_format=fmt, av_correlation=0.0, **TINY)
+    assert corpus_hash(out) == REFERENCE[layout]
+    assert "av_correlation" not in json.loads((out / "synth_info.json").read_text())["config"]
+
+
+def test_correlated_corpus_differs_records_r_and_keeps_the_rest(tmp_path):
+    a, b = tmp_path / "r0", tmp_path / "r1"
+    synthesize(a, layout="vox1", frames_format="jpg", **TINY)
+    res = CliRunner().invoke(synth_cmd, ["--out", str(b), "--layout", "vox1", "--frames-format", "jpg",
+                                         "--speakers", "6", "--videos-per-speaker", "2", "--clips-per-video", "1",
+                                         "--seed", "5", "--clip-seconds", "0.3", "--workers", "1", "--quiet",
+                                         "--av-correlation", "1"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((b / "synth_info.json").read_text())
+    assert info["config"]["av_correlation"] == 1.0
+    # same ids, splits, durations and trials: only voices and faces change (face_size differs: default 128)
+    assert (a / "trials" / "test.txt").read_bytes() == (b / "trials" / "test.txt").read_bytes()
+    wav = sorted(p.relative_to(a) for p in a.rglob("*.wav"))
+    assert wav == sorted(p.relative_to(b) for p in b.rglob("*.wav"))
+    assert sum((a / p).read_bytes() != (b / p).read_bytes() for p in wav) == len(wav)
+    res = CliRunner().invoke(synth_cmd, ["--out", str(tmp_path / "bad"), "--av-correlation", "1.5", "--quiet"])
+    assert isinstance(res.exception, ConfigError) and "--av-correlation" in str(res.exception)
+
+
+def _rng(*k):
+    return np.random.default_rng(np.random.SeedSequence(list(k)))
+
+
+def _population(r: float, n: int = 1500):
+    voices, faces = [], []
+    for i in range(n):
+        v, f = correlate(sample_voice(_rng(9, 2, i)), sample_face(_rng(9, 3, i)), _rng(9, 10, i), r)
+        voices.append(v)
+        faces.append(f)
+    return voices, faces
+
+
+def test_traits_have_correlation_r_between_voice_and_face():
+    t = np.array([np.concatenate(sample_traits(_rng(1, i), 0.6)) for i in range(4000)])
+    for k in range(3):
+        assert np.corrcoef(t[:, 3 + k], t[:, 6 + k])[0, 1] == pytest.approx(0.6, abs=0.04)
+        assert t[:, 3 + k].std() == pytest.approx(1.0, abs=0.04)      # each side stays N(0, 1)
+
+
+@pytest.mark.parametrize("r", [0.0, 0.5, 1.0])
+def test_voice_predicts_face_as_stated_and_marginals_hold(r):
+    voices, faces = _population(r)
+    f0 = np.log([v.f0 for v in voices])
+    low_voice = np.array([v.f0 < 160 for v in voices])                   # the sex-typical F0 split
+    beard = np.array([f.beard > 0 for f in faces])
+    head_w = np.array([f.head_w for f in faces])
+    styles = np.bincount([f.hair_style for f in faces], minlength=4) / len(faces)
+    # marginal shares of synth_face at every R
+    assert beard.mean() == pytest.approx(0.25, abs=0.035)
+    np.testing.assert_allclose(styles, [0.12, 0.43, 0.25, 0.20], atol=0.035)
+    assert np.mean([v.f0 for v in voices]) == pytest.approx(170, abs=8)
+    c_beard, c_head = np.corrcoef(low_voice, beard)[0, 1], np.corrcoef(f0, head_w)[0, 1]
+    if r == 0:                    # the independent corpus: unchanged draws, no link
+        assert abs(c_beard) < 0.07 and abs(c_head) < 0.07
+        assert voices[0] is not None and faces[0] == sample_face(_rng(9, 3, 0))
+    else:                         # low voices go with beards, high voices with narrower heads, growing with R
+        assert c_beard > 0.15 * r and c_head < -0.3 * r
+    # the voice's sex is u_voice[0] > 0 (sample_traits is correlate's first draw of the same generator):
+    # women's voices come with a beard only when the face's own view of the traits says male
+    sex = np.array([[u[0] > 0 for u in sample_traits(_rng(9, 10, i), r)[1:]] for i in range(len(voices))]) \
+        if r > 0 else None
+    if sex is not None:
+        assert not (sex[:, 1] & beard).any()                          # the face's sex rules beards
+        agree = (sex[:, 0] == sex[:, 1]).mean()
+        assert agree == pytest.approx(0.5 + math.asin(r) / math.pi, abs=0.03)   # 2/3 at R=0.5, 1 at R=1
+        assert np.median([v.f0 for v, s_ in zip(voices, sex[:, 0]) if s_]) > 180 > \
+            np.median([v.f0 for v, s_ in zip(voices, sex[:, 0]) if not s_])
