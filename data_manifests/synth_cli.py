@@ -45,8 +45,8 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth_cmd(out_dir, layout, speakers, videos_per_speaker, clips_per_video, seed, clip_seconds, frames_format,
-              noisy_share, occluded_share, absent_share, audio_variation, face_variation, av_correlation, max_trials, workers,
-              overwrite, as_json, quiet):
+              noisy_share, occluded_share, absent_share, audio_variation, face_variation, av_correlation, max_trials,
+              workers, overwrite, as_json, quiet):
     """Write a synthetic toy VoxCeleb corpus: real media in the real layout, a manifest and trials.
 
     Each identity has a procedural voice (pitch, formants, timbre, speaking rate) and a
@@ -59,6 +59,7 @@ def synth_cmd(out_dir, layout, speakers, videos_per_speaker, clips_per_video, se
     Example:
       avfuse synth --out toy --layout vox2 --speakers 40 --seed 0
       avfuse synth --out toy1 --layout vox1 --frames-format jpg --speakers 6
+      avfuse synth --out toy_linked --av-correlation 1   # voice and face share sex/age/size
     """
     from data_manifests.synth import FaceVariation, VoiceVariation, synthesize
     from pipeline.errors import ConfigError

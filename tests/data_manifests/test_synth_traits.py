@@ -23,25 +23,33 @@ from pipeline.errors import ConfigError
 TINY = dict(speakers=6, videos_per_speaker=2, clips_per_video=1, seed=5, clip_seconds=0.3, face_size=32,
             workers=1, progress=False)
 # sha256 over (relative path, bytes) of every file of the TINY corpus, computed with the code of commit
-# 97a53f7 (before --av-correlation existed): media (AAC/H.264 with this PyAV build; WAV; JPEG), manifest,
-# trials and synth_info.json
-REFERENCE = {"vox2": "06bf92c46f981c829c7786d5e0b3d66e0b9c9b0f41230b89739cf9902242ef5c",
-             "vox1": "5297e9b788785547f4b481a3eb3e5c362b39aed8fcce670dbe794aad66c5297f"}
+# 97a53f7 (before --av-correlation existed), in three groups so that a failure says what changed: "meta"
+# (manifest, trials, synth_info.json), "audio" (AAC m4a / WAV) and "video" (H.264 mp4 / JPEG). The media
+# bytes are those of this PyAV/libx264/libjpeg build (as test_synth.test_same_seed_same_bytes assumes).
+REFERENCE = {
+    "vox2": {"meta": "75463fe8fb4b0e2e57f5d70b2c43fcc900bc21f90fbecc50a3acda290f0efc63",
+             "audio": "f045b5a47b7dfc5546acd1e27d0f79c26b5c5dd10a97935f13b451468ff0a83c",
+             "video": "216c899026233b6ef0a1638c362430283ed407e9f1a4f14b20f10f70d077e3ec"},
+    "vox1": {"meta": "e9660894ae4fe4647178baba5db9b4b4c404316cf83f7efd2816bfb50b82b3a1",
+             "audio": "43c9ee1fa629c33050f535b2a9d7ae03d30afc7d4036dc81facc9f0f8128acce",
+             "video": "a378528f30e00904a71b1e0b6e105f03b118681ed8d5df87a93ffb4dd107a6f3"}}
 
 
-def corpus_hash(root: Path) -> str:
-    h = hashlib.sha256()
+def corpus_hashes(root: Path) -> dict[str, str]:
+    hs = {g: hashlib.sha256() for g in ("meta", "audio", "video")}
     for p in sorted(root.rglob("*")):
         if p.is_file():
-            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()
+            rel = str(p.relative_to(root))
+            group = "audio" if rel.endswith((".m4a", ".wav")) else "video" if rel.endswith((".mp4", ".jpg")) else "meta"
+            hs[group].update(rel.encode() + b"\0" + p.read_bytes())
+    return {g: h.hexdigest() for g, h in hs.items()}
 
 
 @pytest.mark.parametrize("layout,fmt", [("vox2", "mp4"), ("vox1", "jpg")])
 def test_zero_correlation_is_the_old_corpus_byte_for_byte(tmp_path, layout, fmt):
     out = tmp_path / layout
     synthesize(out, layout=layout, frames_format=fmt, av_correlation=0.0, **TINY)
-    assert corpus_hash(out) == REFERENCE[layout]
+    assert corpus_hashes(out) == REFERENCE[layout]
     assert "av_correlation" not in json.loads((out / "synth_info.json").read_text())["config"]
 
 
