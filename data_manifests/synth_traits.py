@@ -17,7 +17,8 @@ Model, for ``0 < R <= 1`` (one generator per identity, ``_rng(seed, K_TRAITS, sp
 * the voice (:func:`voice_from_traits`) redraws pitch and vocal-tract length around the
   sex-typical centres of ``synth_voice`` (F0 falls with size, and with age for women,
   rises slightly with age for men; formants fall with size), speaking rate (slower with
-  age) and breathiness (more with age), each as a loading on the traits plus its own
+  age) and voice quality (with age: breathier, a steeper spectral tilt, wider formant
+  bandwidths, more jitter and shimmer), each as a loading on the traits plus its own
   noise with unit total variance, in the units of ``sample_voice``;
 * the face (:func:`face_from_traits`) redraws shape and proportions (a wider, squarer head
   and jaw, a wider nose and thicker brows for men and for larger sizes; ears grow with
@@ -43,8 +44,8 @@ from data_manifests.synth_voice import Voice, VoiceVariation
 
 TRAITS = ("sex", "age", "size")
 #: hair-style shares (bald, short, long, fringe) of women and of men; their mean is synth_face's
-STYLE_FEMALE = np.array([0.02, 0.24, 0.48, 0.26])
-STYLE_MALE = np.array([0.22, 0.62, 0.02, 0.14])
+STYLE_FEMALE = np.array([0.0, 0.2, 0.5, 0.3])
+STYLE_MALE = np.array([0.24, 0.66, 0.0, 0.1])
 GREY_HAIR = (5, 6)      # HAIR_COLOURS rows that read as grey / white
 
 
@@ -78,9 +79,15 @@ def voice_from_traits(voice: Voice, u: np.ndarray, rng: np.random.Generator,
     f0 *= 2 ** (0.36 * s * _mix(rng, {2: -0.6, 1: 0.3 * older}, u))
     fs = (1.16 if female else 1.0) * math.exp(0.11 * s * _mix(rng, {2: -0.8}, u))
     rate = 4.6 + 1.0 * s * _mix(rng, {1: -0.7}, u)
-    breath = math.exp(math.log(0.06) + 1.0 * s * _mix(rng, {1: 0.5}, u))
+    breath = math.exp(math.log(0.06) + 1.0 * s * _mix(rng, {1: 0.7}, u))
+    tilt = -6.5 + 3.5 * s * _mix(rng, {1: -0.6}, u)                # an ageing voice: steeper, wider, rougher
+    bw = math.exp(0.4 * s * _mix(rng, {1: 0.5}, u))
+    jitter = 0.003 + 0.017 * _phi(_mix(rng, {1: 0.7}, u))
+    shimmer = 0.02 + 0.08 * _phi(_mix(rng, {1: 0.7}, u))
     return dataclasses.replace(voice, f0=float(np.clip(f0, 70.0, 350.0)), formant_scale=float(fs),
-                               rate=float(np.clip(rate, 2.8, 7.0)), breathiness=float(np.clip(breath, 0.005, 0.5)))
+                               rate=float(np.clip(rate, 2.8, 7.0)), breathiness=float(np.clip(breath, 0.005, 0.5)),
+                               tilt_db_oct=float(np.clip(tilt, -16, -1)), bandwidth_scale=float(bw),
+                               jitter=float(jitter), shimmer=float(shimmer))
 
 
 def face_from_traits(face: Face, u: np.ndarray, rng: np.random.Generator,
@@ -95,7 +102,7 @@ def face_from_traits(face: Face, u: np.ndarray, rng: np.random.Generator,
 
     if female:
         style = int(rng.choice(4, p=STYLE_FEMALE))
-    elif rng.random() < 2 * STYLE_MALE[0] * _phi(u[1]):     # bald: 22 % of men on average, older more
+    elif rng.random() < 2 * STYLE_MALE[0] * _phi(u[1]):     # bald: 24 % of men on average, older more
         style = 0
     else:
         style = 1 + int(rng.choice(3, p=STYLE_MALE[1:] / STYLE_MALE[1:].sum()))

@@ -34,7 +34,7 @@ TOY_SYNTH = {"speakers": 150, "videos_per_speaker": 2, "clips_per_video": 2, "se
              "split_fractions": (0.6, 0.1, 0.3)}
 # the masking gate's corpus: the same identities, splits and clips, voice and face linked by shared traits
 # (R = 1: one person, one set of traits; see the comment above MASKING_XFAIL in test_quality.py). Not the
-# corpus of every gate: on it `mlp` and `dca` fall short of `score_avg` (measured AVxAV 19.8 / 18.4 vs 17.8).
+# corpus of every gate: on it `mlp` falls short of `score_avg` (measured AVxAV 21.3 vs 20.6).
 TOY_SYNTH_CORRELATED = {**TOY_SYNTH, "av_correlation": 1.0}
 TOY_EXTRACT = {"audio_backbone": "ge2e_lstm", "audio_weights": "pretrained", "face_backbone": "iresnet18",
                "face_weights": "random", "segments": 8, "frames": 8, "shard_size": 64, "seed": 0}
