@@ -24,9 +24,9 @@ get at least 2 speakers each, train at least 2).
 Determinism: every random draw comes from ``numpy.random.default_rng(SeedSequence([seed,
 kind, speaker, video, clip]))``, so a speaker's voice, face, video ids and clips depend
 only on (seed, speaker number), never on how many speakers are generated (the split a
-speaker lands in can). A speaker's voice and face come from independent generators:
-nothing about a toy voice predicts its face (unlike real people, where sex and age link
-the two), so no head can transfer identity across modalities for an unseen speaker.
+speaker lands in can). A speaker's voice and face come from independent generators; with
+``av_correlation`` R > 0 shared latent traits (sex, age, size) then redraw part of both, so
+that a voice predicts its face as in real people (``data_manifests.synth.traits``).
 Trials: for a split, every pair of clips of one speaker from different videos is a target
 trial (a random subset of ``max_trials // 2`` when set); each target ``(e, t)`` is paired
 with one non-target ``(e, x)``, ``x`` drawn from other speakers of the split without
@@ -55,6 +55,8 @@ import numpy as np
 
 from data_manifests.manifest import ClipRecord, write_manifest
 from data_manifests.synth.face import FaceVariation, render_clip, sample_face, sample_scene
+from data_manifests.synth.info import INFO_NAME, info_config
+from data_manifests.synth.traits import correlate
 from data_manifests.synth.voice import VoiceVariation, sample_channel, sample_voice, synth_clip
 from pipeline.core.config import to_dict
 from pipeline.core.errors import ConfigError
@@ -62,10 +64,9 @@ from pipeline.core.fsio import atomic_write_json
 from pipeline.core.progress import progress as progress_
 
 # generator kinds (the second word of every seed sequence)
-K_SPLIT, K_VOICE, K_FACE, K_VIDEO_ID, K_CHANNEL, K_SCENE, K_CLIP, K_CLIP_FACE, K_TRIALS = range(1, 10)
+K_SPLIT, K_VOICE, K_FACE, K_VIDEO_ID, K_CHANNEL, K_SCENE, K_CLIP, K_CLIP_FACE, K_TRIALS, K_TRAITS = range(1, 11)
 YOUTUBE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 OWNED = ("dev", "test", "wav", "mp4", "frames", "trials", "manifest.jsonl", "synth_info.json")
-INFO_NAME = "synth_info.json"
 
 
 @dataclass
@@ -88,6 +89,7 @@ class SynthConfig:
     occluded_share: float = 0.10         # clips with the face heavily occluded
     absent_share: float = 0.05           # clips with no face (blank frames)
     max_trials: int | None = None        # per split; None: every cross-video target pair
+    av_correlation: float = 0.0          # voice-face trait correlation R (0: independent; synth_traits)
     voice: VoiceVariation = field(default_factory=VoiceVariation)
     face: FaceVariation = field(default_factory=FaceVariation)
 
@@ -131,6 +133,8 @@ class SynthConfig:
         if len(fr) != 3 or any(f < 0 for f in fr) or not abs(sum(fr) - 1) < 1e-6:
             raise bad(f"split fractions must be three non-negative numbers summing to 1, got {fr}",
                       "e.g. (0.6, 0.2, 0.2)")
+        if not 0 <= self.av_correlation <= 1:
+            raise bad(f"--av-correlation must be in [0, 1], got {self.av_correlation}", "0: independent, 1: shared")
         if self.max_trials is not None and self.max_trials < 2:
             raise bad(f"max_trials must be >= 2, got {self.max_trials}", "or None for all target pairs")
 
@@ -192,8 +196,8 @@ def _make_video(args: tuple) -> list[tuple[dict, dict]]:
     cfg_dict, out_dir, spk_i, vid_i, spk, vid, split = args
     cfg = _config_from_dict(cfg_dict)
     s = cfg.seed
-    voice = sample_voice(_rng(s, K_VOICE, spk_i), cfg.voice)
-    face = sample_face(_rng(s, K_FACE, spk_i), cfg.face)
+    voice, face = correlate(sample_voice(_rng(s, K_VOICE, spk_i), cfg.voice), sample_face(_rng(s, K_FACE, spk_i),
+                            cfg.face), _rng(s, K_TRAITS, spk_i), cfg.av_correlation, cfg.voice, cfg.face)
     channel = sample_channel(_rng(s, K_CHANNEL, spk_i, vid_i), cfg.voice)
     scene = sample_scene(_rng(s, K_SCENE, spk_i, vid_i), cfg.face_size, cfg.face)
     spf = cfg.sample_rate // cfg.fps
@@ -364,7 +368,7 @@ def synthesize(out_dir: str | Path, layout: str = "vox2", speakers: int = 40, vi
     # the info file leaves out timings so that the whole corpus is reproducible byte for byte
     stable = {k: v for k, v in report.items() if k not in ("elapsed_s", "workers", "out_dir", "manifest",
                                                            "trials", "info")}
-    atomic_write_json(out / INFO_NAME, {"config": to_dict(cfg), "summary": stable,
+    atomic_write_json(out / INFO_NAME, {"config": info_config(to_dict(cfg)), "summary": stable,
                                         "conditions": dict(sorted(conditions.items()))})
     return report
 
@@ -393,5 +397,4 @@ def _run(tasks: list[tuple], workers: int, progress: bool) -> list:
         bar.close()
 
 
-__all__ = ["SynthConfig", "synthesize", "make_trials", "assign_splits", "speaker_id", "video_ids",
-           "VoiceVariation", "FaceVariation"]
+__all__ = ["SynthConfig", "synthesize", "make_trials", "assign_splits", "speaker_id", "video_ids"]

@@ -22,14 +22,22 @@ _CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 @click.option("--max-clips", type=click.IntRange(min=3), default=5000, show_default=True,
               help="Analyse a seeded sample of at most this many clips (silhouettes cost O(clips^2)).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the clip sample.")
+@click.option("--umap", "with_umap", is_flag=True,
+              help="Also draw a 2-D UMAP projection (cosine, random_state --seed) beside each PCA figure. "
+                   "umap-learn compiles numba code on first use: allow a minute on a small CPU box.")
+@click.option("--clip-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Analyse fixed pieces of this many seconds (2311.05071: 3) built from the cached segment and "
+                   "frame embeddings, instead of whole clips; clips shorter than one piece are left out. "
+                   "Scores (--trials) stay per clip.")
 @click.option("--force", is_flag=True, help="Use heads trained on a cache with another fingerprint.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def analyze_cmd(cache_path, out_dir, heads, trials_path, split, modes, max_clips, seed, force, quiet) -> None:
+def analyze_cmd(cache_path, out_dir, heads, trials_path, split, modes, max_clips, seed, with_umap, clip_seconds, force,
+                quiet) -> None:
     """Embedding analysis report: angles, silhouettes, projections, scores, DET.
 
     \b
     For the clips of --split and every system (raw backbones + each --head):
-    silhouette scores of the audio-only, face-only and fused embeddings, the
+    silhouette scores and within/between-speaker variance of the audio-only, face-only and fused embeddings, the
     angle between a clip's audio and face embeddings in a head's shared space
     (per clip and per identity), PCA projections coloured by identity, and
     with --trials the target/non-target score histograms and the DET curves of
@@ -50,7 +58,8 @@ def analyze_cmd(cache_path, out_dir, heads, trials_path, split, modes, max_clips
     check_output(out_dir, [cache_path, trials_path, *heads], folder=True)
     mode_list = parse_modes(modes)
     result = run_analysis(cache_path, out_dir, heads=list(heads), trials=trials_path, split=split,
-                          modes=mode_list, max_clips=max_clips, seed=seed, force=force, progress=not quiet)
+                          modes=mode_list, max_clips=max_clips, seed=seed, force=force, progress=not quiet,
+                          umap=with_umap, clip_seconds=clip_seconds)
     cols = GEOMETRY_COLUMNS[:-1]
     click.echo(text_table(result["geometry"], cols,
                           ["system", "sil A", "sil V", "sil AV", "angle/clip", "median", "angle/id", "clips", "ids"]),

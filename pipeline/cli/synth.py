@@ -33,6 +33,10 @@ import click
               help="Scale of per-video channel variation (EQ, reverb, band limits); higher is harder.")
 @click.option("--face-variation", type=float, default=1.0, show_default=True,
               help="Scale of per-video lighting/pose/blur variation; higher is harder.")
+@click.option("--av-correlation", type=float, default=0.0, show_default=True,
+              help="Correlation R in [0, 1] of latent traits (sex, age, size) shared by a speaker's voice "
+                   "(pitch, formants, rate) and face (shape, proportions, hair, beard). 0: independent, as "
+                   "before the option (same bytes); 1: voice and face see the same traits.")
 @click.option("--max-trials", type=int, default=None,
               help="Cap on trials per split (default: every cross-video target pair plus as many non-targets).")
 @click.option("--workers", type=int, default=2, show_default=True,
@@ -41,8 +45,8 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth_cmd(out_dir, layout, speakers, videos_per_speaker, clips_per_video, seed, clip_seconds, frames_format,
-              noisy_share, occluded_share, absent_share, audio_variation, face_variation, max_trials, workers,
-              overwrite, as_json, quiet):
+              noisy_share, occluded_share, absent_share, audio_variation, face_variation, av_correlation, max_trials,
+              workers, overwrite, as_json, quiet):
     """Write a synthetic toy VoxCeleb corpus: real media in the real layout, a manifest and trials.
 
     Each identity has a procedural voice (pitch, formants, timbre, speaking rate) and a
@@ -55,6 +59,7 @@ def synth_cmd(out_dir, layout, speakers, videos_per_speaker, clips_per_video, se
     Example:
       avfuse synth --out toy --layout vox2 --speakers 40 --seed 0
       avfuse synth --out toy1 --layout vox1 --frames-format jpg --speakers 6
+      avfuse synth --out toy_linked --av-correlation 1   # voice and face share sex/age/size
     """
     from data_manifests.synth.corpus import synthesize
     from data_manifests.synth.face import FaceVariation
@@ -72,7 +77,7 @@ def synth_cmd(out_dir, layout, speakers, videos_per_speaker, clips_per_video, se
         clips_per_video=clips_per_video, seed=seed, clip_seconds=clip_seconds, frames_format=frames_format,
         workers=workers, overwrite=overwrite, progress=not quiet,
         noisy_audio_share=noisy_share, occluded_share=occluded_share, absent_share=absent_share,
-        max_trials=max_trials, voice=VoiceVariation(channel=audio_variation),
+        max_trials=max_trials, av_correlation=av_correlation, voice=VoiceVariation(channel=audio_variation),
         face=FaceVariation(scene=face_variation))
     if as_json:
         click.echo(json.dumps(report, indent=2))

@@ -16,14 +16,17 @@ plus each head checkpoint), with the definitions of ``pipeline.experiments.stats
   space: the raw backbones have none (different networks, generally different
   dimensions), and ``score_avg`` places A and V in orthogonal blocks by construction,
   so for those the report says so instead of giving an angle;
-* a PCA projection (2-D) of ``e_A``, ``e_V``, ``e_AV`` coloured by identity (t-SNE/UMAP
-  are not dependencies of avfuse);
+* a PCA projection (2-D) of ``e_A``, ``e_V``, ``e_AV`` coloured by identity, and with
+  ``umap=True`` a UMAP one beside it (``pipeline.experiments.umap``);
+* within- and between-speaker variance of each embedding space (``pipeline.experiments.variance``);
+* with ``clip_seconds=L``: all of the above on fixed L-second pieces of the clips built from
+  the cached segment / frame embeddings (``pipeline.experiments.pieces``); scores stay per clip;
 * with ``trials``: scores of every mode (``score_from_cache``, skipping unscorable
   trials), EER/minDCF, target / non-target score histograms, DET curves of all modes on
   one plot per system and of all systems in AVxAV.
 
-Files in ``out_dir``: ``geometry.{md,csv,json}``, ``metrics.{md,csv,json}``,
-``silhouette.png``, ``angles.png``, ``pca_<system>.png``, ``scores_<system>.png``,
+Files in ``out_dir``: ``geometry.{md,csv,json}``, ``metrics.{md,csv,json}``, ``variance.{md,csv,json}``,
+``silhouette.png``, ``angles.png``, ``pca_<system>.png``, ``umap_<system>.png``, ``scores_<system>.png``,
 ``det_<system>.png``, ``det_AVxAV.png``, ``analysis.json`` and ``index.html``.
 """
 
@@ -40,8 +43,10 @@ from pipeline.cache.view import CacheView
 from pipeline.core.errors import ConfigError
 from pipeline.core.modes import MODES as ALL_MODES
 from pipeline.core.progress import progress as progress_
+from pipeline.experiments.pieces import piece_view
 from pipeline.experiments.stats import angles_deg, l2n, per_identity_mean, silhouette_cosine
 from pipeline.experiments.systems import System, resolve_systems
+from pipeline.experiments.variance import variance_rows
 
 MODES = tuple(ALL_MODES)
 NO_SHARED_SPACE = "no shared A/V space (separate backbones): angle not defined"
@@ -122,7 +127,7 @@ def _open_systems(cache, heads, force) -> list[System]:
 
 def run_analysis(cache, out_dir: str | Path = "analysis", heads: Sequence = (), trials=None, split: str = "test", *,
                  modes: Sequence[str] = MODES, max_clips: int = 5000, seed: int = 0, force: bool = False,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, umap: bool = False, clip_seconds: float | None = None) -> dict:
     """Analyse ``cache`` (see the module docstring) and write the report to ``out_dir``.
 
     ``heads``: head checkpoint paths (``*.pt``) or ``System`` objects. Returns
@@ -157,13 +162,14 @@ def run_analysis(cache, out_dir: str | Path = "analysis", heads: Sequence = (), 
         load = np.union1d(rows, trial_rows[trial_rows >= 0])
     view = CacheView.load(cache, load)
     vrows = view.rows(np.asarray(cache.ids)[rows])
+    gview, grows = (view, vrows) if clip_seconds is None else piece_view(view, vrows, clip_seconds)
 
     bar = progress_(total=len(systems) * (1 + (len(modes) if trials is not None else 0)), desc="analyze",
                     unit="step", enabled=progress)
     geo_rows, embs, metric_rows, scores = [], {}, [], {}
     try:
         for s in systems:
-            row, emb = geometry(s, view, vrows)
+            row, emb = geometry(s, gview, grows)
             geo_rows.append(row)
             embs[s.label] = emb
             bar.update(1)
@@ -180,12 +186,14 @@ def run_analysis(cache, out_dir: str | Path = "analysis", heads: Sequence = (), 
         bar.close()
 
     from pipeline.report.analysis import write_figures
-    figures = write_figures(out, systems, embs, geo_rows, view, scores, modes)
+    figures = write_figures(out, systems, embs, geo_rows, gview, scores, modes, umap=umap, seed=seed)
     meta = {"cache": {"path": str(cache.path), "fingerprint": cache.fingerprint}, "split": split,
-            "n_clips": int(len(rows)), "sampled": bool(sampled), "max_clips": int(max_clips), "seed": int(seed),
+            "n_clips": int(len(rows)), "clip_seconds": clip_seconds, "n_pieces": None if clip_seconds is None
+            else int(len(grows)), "sampled": bool(sampled), "max_clips": int(max_clips), "seed": int(seed),
             "trials": None if trials is None else {"path": str(trials.path), "n_trials": int(trials.n_trials)},
             "systems": [s.describe() for s in systems], "seconds": round(time.perf_counter() - t0, 3)}
-    result = {"geometry": geo_rows, "metrics": metric_rows, "figures": figures, "meta": meta}
+    result = {"geometry": geo_rows, "metrics": metric_rows, "figures": figures, "meta": meta,
+              "variance": variance_rows(embs, gview.speakers)}
     from pipeline.report.analysis import write_analysis_files
     result["files"] = write_analysis_files(result, out)
     return result

@@ -61,8 +61,9 @@ def plot_angles(systems_with_angles: list[tuple[str, np.ndarray, np.ndarray]], p
     return save(fig, path)
 
 
-def plot_pca(label: str, emb: dict, speakers: np.ndarray, path: Path) -> str:
+def plot_pca(label: str, emb: dict, speakers: np.ndarray, path: Path, method: str = "pca", seed: int = 0) -> str:
     from pipeline.experiments.stats import pca2
+    from pipeline.experiments.umap import umap2
     from pipeline.report.plots import plt, save
 
     pyplot = plt()
@@ -75,7 +76,7 @@ def plot_pca(label: str, emb: dict, speakers: np.ndarray, path: Path) -> str:
     colour = {s: f"C{i}" for i, s in enumerate(sorted(top))}
     for ax, (k, title) in zip(axes[0], keys):
         rows, x = emb[k]
-        xy, ratio = pca2(x)
+        xy, ratio = pca2(x) if method == "pca" else (umap2(x, seed), None)
         spk = speakers[rows]
         grey = ~np.isin(spk, top)
         if grey.any():
@@ -85,13 +86,13 @@ def plot_pca(label: str, emb: dict, speakers: np.ndarray, path: Path) -> str:
             if m.any():
                 ax.scatter(xy[m, 0], xy[m, 1], s=16, c=colour[s], label=str(s))
         ax.set_title(f"{label}: {title}")
-        ax.set_xlabel(f"PC 1 ({100 * ratio[0]:.1f}% of variance)")
-        ax.set_ylabel(f"PC 2 ({100 * ratio[1]:.1f}% of variance)")
+        ax.set_xlabel(f"PC 1 ({100 * ratio[0]:.1f}% of variance)" if ratio is not None else "UMAP 1")
+        ax.set_ylabel(f"PC 2 ({100 * ratio[1]:.1f}% of variance)" if ratio is not None else "UMAP 2")
         ax.grid(True, ls="--", lw=0.5, alpha=0.5)
     handles, labels = axes[0][0].get_legend_handles_labels()
     more = f"{len(top)} of {len(ids)} identities in colour" if len(ids) > len(top) else "identity"
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title=more, fontsize=9)
-    fig.suptitle(f"PCA of the {label} embeddings, coloured by identity")
+    fig.suptitle(f"{method.upper()} of the {label} embeddings, coloured by identity")
     fig.tight_layout()
     return save(fig, path)
 
@@ -125,7 +126,8 @@ def plot_score_hists(label: str, results: dict, path: Path) -> str:
     return save(fig, path)
 
 
-def write_figures(out: Path, systems, embs: dict, geo_rows: list[dict], view, scores: dict, modes) -> dict:
+def write_figures(out: Path, systems, embs: dict, geo_rows: list[dict], view, scores: dict, modes, *,
+                  umap: bool = False, seed: int = 0) -> dict:
     """All PNGs; returns ``{name: {"path": relative file name, "caption": text}}`` in display order."""
     from pipeline.core.metrics import error_curves
     from pipeline.report.det import plot_det
@@ -147,6 +149,9 @@ def write_figures(out: Path, systems, embs: dict, geo_rows: list[dict], view, sc
         f = safe_name(s.label)
         add(f"pca_{f}", plot_pca(s.label, embs[s.label], view.speakers, out / f"pca_{f}.png"),
             f"{s.label}: first two principal components of each embedding, coloured by identity.")
+        if umap:
+            add(f"umap_{f}", plot_pca(s.label, embs[s.label], view.speakers, out / f"umap_{f}.png", "umap", seed),
+                f"{s.label}: 2-D UMAP (cosine, seed {seed}) of each embedding, coloured by identity.")
     if scores:
         for s in systems:
             f = safe_name(s.label)
@@ -188,6 +193,13 @@ def write_analysis_files(result: dict, out: Path) -> dict:
               "identities). Angle: between a clip's audio-only and face-only embeddings of a head (a shared "
               "space); per identity: between the mean audio and mean face embeddings."},
         {"table": result["geometry"], "columns": GEOMETRY_COLUMNS, "headers": GEOMETRY_HEADERS}]
+    if result.get("variance"):
+        from pipeline.experiments.variance import VARIANCE_COLUMNS, VARIANCE_HEADERS
+        files["variance"] = write_table(out, "variance", result["variance"], VARIANCE_COLUMNS, markdown=(
+            "## Within- and between-speaker variance\n\n" + markdown_table(result["variance"], VARIANCE_COLUMNS,
+                                                                         VARIANCE_HEADERS)))
+        blocks.append({"table": result["variance"], "columns": VARIANCE_COLUMNS, "headers": VARIANCE_HEADERS,
+                       "caption": "Within- and between-speaker variance of the L2-normalised embeddings"})
     figs = result["figures"]
     for name in ("silhouette", "angles"):
         if name in figs:
@@ -209,8 +221,8 @@ def write_analysis_files(result: dict, out: Path) -> dict:
             blocks.append({"table": wide, "columns": cols, "caption": title, "fmt_as": key})
         if "det_AVxAV" in figs:
             blocks.append({"img": figs["det_AVxAV"]["path"], "caption": figs["det_AVxAV"]["caption"], "width": 560})
-    blocks.append({"h2": "Projections (PCA)"})
-    blocks += [{"img": f["path"], "caption": f["caption"]} for n, f in figs.items() if n.startswith("pca_")]
+    blocks.append({"h2": "Projections (PCA" + (", UMAP)" if any(n.startswith("umap_") for n in figs) else ")")})
+    blocks += [{"img": f["path"], "caption": f["caption"]} for n, f in figs.items() if n.startswith(("pca_", "umap_"))]
     if result["metrics"]:
         blocks.append({"h2": "Scores and DET curves per system"})
         for n, f in figs.items():

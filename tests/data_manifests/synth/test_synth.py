@@ -15,9 +15,8 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from data_manifests import read_manifest, read_trials
-from data_manifests.synth import FaceVariation, SynthConfig, make_trials, synthesize
-from data_manifests.synth.corpus import assign_splits, speaker_id, video_ids
-from data_manifests.synth.face import render_clip, sample_face, sample_scene
+from data_manifests.synth.corpus import SynthConfig, assign_splits, make_trials, speaker_id, synthesize, video_ids
+from data_manifests.synth.face import FaceVariation, render_clip, sample_face, sample_scene
 from data_manifests.synth.media import decode_audio, decode_video
 from data_manifests.synth.voice import sample_channel, sample_voice, synth_clip
 from pipeline.cli.synth import synth_cmd
