@@ -21,17 +21,15 @@ Prints a table and writes the numbers as JSON (``--json``, default next to this 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import save_json, scratch_dir  # noqa: E402
 
 VOX2_CLIPS = 1_092_009
 VOX2_MEAN_SECONDS = 7.78
@@ -100,10 +98,9 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     args.batch_size = args.batch_size or (64 if args.gpu else 8)
     from data_manifests.synth.corpus import synthesize
-    tmp = Path(tempfile.mkdtemp(prefix="avfuse-scaling-"))
-    work = args.keep or tmp
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with scratch_dir("avfuse-scaling-") as tmp:
+        work = args.keep or tmp
+        work.mkdir(parents=True, exist_ok=True)
         corpus = args.corpus
         if corpus is None:
             corpus = tmp / "toy"
@@ -158,12 +155,8 @@ def main(argv=None) -> dict:
         if args.gpu and args.device.startswith("cuda"):
             import torch
             out["gpu"] = torch.cuda.get_device_name(0)
-        if args.json:
-            args.json.write_text(json.dumps(out, indent=2) + "\n")
-            print(f"wrote {args.json}")
+        save_json(args.json, out, indent=2)
         return out
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

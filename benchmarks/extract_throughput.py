@@ -22,18 +22,16 @@ decoding scale with clip length, face compute per clip (F frames whatever the le
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import save_json, scratch_dir  # noqa: E402
 
 VOX2_CLIPS = 1_092_009
 VOX2_HOURS = 2360.0
@@ -123,8 +121,7 @@ def main(argv=None) -> dict:
     cuda = args.device.startswith("cuda")
     audio_name, face_name = args.backbones.split(",")
     aw = args.audio_weights or ("pretrained" if audio_name == "ge2e_lstm" else "random")
-    tmp = Path(tempfile.mkdtemp(prefix="avfuse-bench-"))
-    try:
+    with scratch_dir("avfuse-bench-") as tmp:
         corpus = args.corpus
         t_synth = 0.0
         if corpus is None or not (corpus / "manifest.jsonl").exists():
@@ -207,12 +204,8 @@ def main(argv=None) -> dict:
               + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
         print(f"VoxCeleb2 dev projection ({VOX2_CLIPS:,} clips, {VOX2_HOURS:,.0f} h, mean {mean_len * scale:.2f} s "
               f"vs toy {mean_len:.2f} s): {proj_h:,.1f} h on this machine")
-        if args.json:
-            args.json.write_text(json.dumps(out, indent=2) + "\n")
-            print(f"wrote {args.json}")
+        save_json(args.json, out, indent=2)
         return out
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -29,20 +29,17 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
 import numpy as np  # noqa: E402
 
+from benchmarks.common import save_json, scratch_dir  # noqa: E402
 from data_manifests.fastscan import read_durations  # noqa: E402
 from data_manifests.voxceleb import scan_to_manifest  # noqa: E402
 
@@ -125,8 +122,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args()
     durs_file = shared_dir() / "vox2_dev_duration.txt.gz"
-    tmp = Path(tempfile.mkdtemp(prefix="avfuse-manifest-bench-"))
-    try:
+    with scratch_dir("avfuse-manifest-bench-") as tmp:
         c0 = time.process_time()
         durs = read_durations(durs_file)
         parse_cpu = time.process_time() - c0
@@ -182,10 +178,7 @@ def main() -> None:
                                                   "probe_1_core": round(probe * VOX2_DEV_CLIPS / 60, 1),
                                                   f"probe_{CORES}_cores": round(proj_probe, 1)},
                   "probe_over_default_cpu_per_clip": round(same_tree, 1), "target_minutes": TARGET_MIN}
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=1) + "\n")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        save_json(args.json, result, indent=1)
 
 
 if __name__ == "__main__":

@@ -21,18 +21,16 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import av  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
+from benchmarks.common import save_json, scratch_dir  # noqa: E402
 from data_manifests.voxceleb import scan  # noqa: E402
 
 VOX2_DEV_CLIPS = 1_092_009
@@ -136,8 +134,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="avfuse-scan-bench-"))
-    try:
+    with scratch_dir("avfuse-scan-bench-") as tmp:
         tpl = template_files(tmp)
         t1 = build_tree(tmp / "v1", args.vox1_clips, [("wav", "wav", tpl["wav"])])
         t2 = build_tree(tmp / "v2" / "dev", args.vox2_clips, [("aac", "m4a", tpl["m4a"]), ("mp4", "mp4", tpl["mp4"])])
@@ -153,10 +150,7 @@ def main() -> None:
                   "load_average_after": os.getloadavg(),
                   "rows": rows, "vox2_dev_projection_minutes": proj}
         print(json.dumps(result, indent=1))
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=1) + "\n")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        save_json(args.json, result, indent=1)
 
 
 if __name__ == "__main__":

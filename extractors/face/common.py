@@ -68,6 +68,15 @@ def load_face_state(model: nn.Module, name: str, state: dict[str, torch.Tensor],
     model.load_info = {"format": fmt, **notes}
 
 
+def check_keys_belong(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], name: str,
+                       kind: str, expects: str) -> None:
+    """``BackboneError`` when none of the checkpoint's keys belongs to the model (another family)."""
+    if not any(k in own for k in state):
+        raise BackboneError(
+            f"checkpoint is not {kind}: none of its {len(state)} keys (e.g. {list(state)[:3]}) belongs to {name!r}",
+            hint=f"{name} expects {expects} keys like {list(own)[:3]} ... ({len(own)} tensors)")
+
+
 def check_face_input(name: str, x: torch.Tensor, crop: int) -> None:
     """Raise :class:`BackboneError` unless ``x`` is ``(B, 3, crop, crop)`` floating point."""
     if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != crop or x.shape[3] != crop or not x.is_floating_point():

@@ -34,6 +34,7 @@ from extractors.face.common import (
     INSIGHTFACE_MEAN,
     INSIGHTFACE_STD,
     check_face_input,
+    check_keys_belong,
     face_state_from_checkpoint,
     load_face_state,
 )
@@ -192,12 +193,8 @@ def load_iresnet_state(model: IResNet, raw) -> None:
     state = iresnet_state_from_checkpoint(raw, name, notes)
     own = model.state_dict()
     expected = model.layers_spec
-    if not any(k in own for k in state):
-        raise BackboneError(
-            f"checkpoint is not an IResNet face backbone: none of its {len(state)} keys "
-            f"(e.g. {list(state)[:3]}) belongs to {name!r}",
-            hint=f"{name} expects the InsightFace backbone.pth layout: keys like "
-                 f"{list(own)[:3]} ... ({len(own)} tensors); is this an audio or torchvision checkpoint?")
+    check_keys_belong(state, own, name, "an IResNet face backbone",
+                      "the InsightFace backbone.pth layout (is this an audio or torchvision checkpoint?):")
     if not any(k.endswith("prelu.weight") for k in state):
         raise BackboneError(
             f"checkpoint has no PReLU keys: it looks like a torchvision ResNet, not an IResNet ({name!r})",

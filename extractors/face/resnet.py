@@ -33,6 +33,7 @@ from extractors.face.common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     check_face_input,
+    check_keys_belong,
     face_state_from_checkpoint,
     load_face_state,
     log,
@@ -131,12 +132,8 @@ def load_resnet_state(model: FaceResNet, raw) -> None:
         raise BackboneError(
             f"checkpoint is an InsightFace IResNet (PReLU/features keys), not a torchvision {name}",
             hint="load it with --face-backbone iresnet18/iresnet50/iresnet100")
-    if not any(k in own for k in state):
-        raise BackboneError(
-            f"checkpoint is not a torchvision ResNet: none of its {len(state)} keys "
-            f"(e.g. {list(state)[:3]}) belongs to {name!r}",
-            hint=f"{name} expects torchvision keys like {list(own)[:3]} ... ({len(own)} tensors, "
-                 f"plus an optional fc.*); is this an audio checkpoint?")
+    check_keys_belong(state, own, name, "a torchvision ResNet",
+                      "torchvision (plus an optional fc.*; is this an audio checkpoint?)")
     found = guess_resnet_arch(state)
     if found != name:
         expected = RESNET_ARCHS[name]

@@ -42,6 +42,26 @@ from tests.reliability.harness import (
 from tests.reliability.kill_tools import N_KILLS, ORPHAN_GRACE_S, _kill_group, _lock_pid, state_problems
 
 
+
+def _kill_once(proc, log: list[dict]):
+    """Kill the run's process group; wait for its decode workers once, at the first kill that
+    finds some (later kills: no wait)."""
+    wait = 0.0 if any(x.get("workers_at_kill", 0) for x in log) else ORPHAN_GRACE_S
+    return _kill_group(proc, wait)
+
+
+def _start(cmd: list[str]):
+    """The extract run to kill, in its own process group (its decode workers with it)."""
+    return subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def _reap(proc) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    proc.stderr.close()
+
 def _done(cache: Path) -> int:
     """Done shards of ``cache`` right now (a marker file is the one resume state)."""
     d = cache / "_avfuse" / "markers" / "c"
@@ -118,8 +138,7 @@ def run_kill_series(work: Path, base: Path, *, n_kills: int = N_KILLS, seed: int
     t_start = time.time()
     for i, point in enumerate(kill_plan(n_kills, seed)):
         before = _done(cache)
-        proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        proc = _start(cmd)
         t0 = time.time()
         try:
             alive = lambda: proc.poll() is None and time.time() - t0 < timeout  # noqa: E731
@@ -143,14 +162,9 @@ def run_kill_series(work: Path, base: Path, *, n_kills: int = N_KILLS, seed: int
                 problems.append(f"kill {i}: the run ended (rc {proc.returncode}) before the kill point: "
                                 f"{proc.stderr.read().decode()[-800:]}")
                 break
-            # wait for the decode workers once: at the first kill that finds some (none: no wait)
-            wait = 0.0 if any(x.get("workers_at_kill", 0) for x in log) else ORPHAN_GRACE_S
-            orphans, orphan_s, workers = _kill_group(proc, wait)
+            orphans, orphan_s, workers = _kill_once(proc, log)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            proc.stderr.close()
+            _reap(proc)
         after = _done(cache)
         rec = {"kill": i + 1, **point, "seconds_after_start": round(time.time() - t0, 2),
                "done_before": before, "done_after": after, "half_written": half_written(cache),
@@ -213,8 +227,7 @@ def run_h5_kill_series(work: Path, base: Path, *, seed: int = 0, timeout: float 
     log, problems = [], []
     for i, point in enumerate(h5_kill_plan(seed)):
         before = staged(cache)
-        proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        proc = _start(cmd)
         t0 = time.time()
         try:
             alive = lambda: proc.poll() is None and time.time() - t0 < timeout  # noqa: E731
@@ -241,14 +254,9 @@ def run_h5_kill_series(work: Path, base: Path, *, seed: int = 0, timeout: float 
                 problems.append(f"kill {i + 1} ({mode}): the run ended (rc {proc.returncode}) before the kill "
                                 f"point: {proc.stderr.read().decode()[-800:]}")
                 break
-            # wait for the decode workers once: at the first kill that finds some (none: no wait)
-            wait = 0.0 if any(x.get("workers_at_kill", 0) for x in log) else ORPHAN_GRACE_S
-            orphans, orphan_s, workers = _kill_group(proc, wait)
+            orphans, orphan_s, workers = _kill_once(proc, log)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            proc.stderr.close()
+            _reap(proc)
         log.append({"kill": i + 1, **point, "hit": True, "seconds_after_start": round(time.time() - t0, 2),
                     "staged_before": before, "staged_after": staged(cache), "children_left": orphans,
                     "children_waited_s": round(orphan_s, 2), "workers_at_kill": workers})
