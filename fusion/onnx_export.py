@@ -18,8 +18,11 @@ present keeps the "compute, then mask" branch, which gives the same values for a
 mix of present/absent rows (absent rows are multiplied by 0 or replaced by fillers).
 The example batch has one row: the heads size a few zero/filler tensors with
 ``len(batch)``, which a trace turns into a constant; a constant 1 broadcasts against
-any batch, a constant 4 would not. ``check_onnx`` compares onnxruntime with PyTorch on
-other batch sizes and step counts, with absent modalities and invalid steps.
+any batch, a constant 4 would not. The attention heads' step count is part of their
+architecture (a Linear over time), so their step axes are static; their BiLSTM is traced
+in its step-by-step form (``BiLSTMEncoder.unrolled``: no sort or packing ops, the same
+outputs at valid steps). ``check_onnx`` compares onnxruntime with PyTorch on other batch
+sizes, with absent modalities and invalid steps.
 """
 
 from __future__ import annotations
@@ -76,16 +79,22 @@ def export_onnx(head, out: str | Path | None = None, *, meta: dict | None = None
                 frames: int = 8, opset: int = OPSET) -> bytes:
     """The ONNX model of ``head.embed`` (bytes; also written atomically to ``out`` when given).
 
-    ``steps``/``frames``: the example sequence lengths (any length works at run time:
-    those axes are dynamic too). A head that cannot be traced -> ``HeadError``."""
+    ``steps``/``frames``: the example sequence lengths. A head with a fixed step count (the
+    attention heads' ``steps`` option: their time-axis key is a Linear(steps, steps)) is
+    exported at that count and its step axes are static (pad shorter sequences with invalid
+    steps, as ``embed`` does); other heads' step axes are dynamic. A head that cannot be
+    traced -> ``HeadError``."""
     import warnings
 
     from pipeline.core.fsio import atomic_write_bytes
     head = head.eval()
     module = EmbedModule(head).eval()
+    fixed = getattr(head, "config", {}).get("steps")
+    if fixed:
+        steps = frames = int(fixed)
     ex = example_inputs(head, batch=1, steps=steps, frames=frames)   # batch 1: see the module docstring
-    dyn = {k: ({0: "batch", 1: "steps" if k.startswith("audio") else "frames"} if "seq" in k else {0: "batch"})
-           for k in ex}
+    dyn = {k: ({0: "batch"} if fixed or "seq" not in k else {0: "batch", 1: "steps" if k.startswith("audio")
+                                                               else "frames"}) for k in ex}
     dyn["embedding"] = {0: "batch"}
     buf = io.BytesIO()
     try:

@@ -89,7 +89,17 @@ class BiLSTMEncoder(nn.Module):
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         h = valid_only(self.proj(valid_only(self.inp(x), valid)), valid)
-        # valid steps first (stable: time order kept), packed: padded steps never reach a valid one
+        if torch.jit.is_tracing():   # ONNX export: no sort/packing ops; the same outputs at valid steps
+            r = self.unrolled(h, valid)
+        else:
+            r = self.packed(h, valid)
+        y = self.out(self.drop(torch.cat([h, r], dim=-1)))
+        return valid_only(F.normalize(y, dim=-1), valid)
+
+    def packed(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The BiLSTM over each row's valid steps, compacted and packed (cuDNN-friendly): valid
+        steps first (stable: time order kept), so padded steps never reach a valid one."""
+        b, t, _ = h.shape
         order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
         hs = h.gather(1, order[..., None].expand_as(h))
         lengths = valid.sum(1).clamp_min(1).cpu()
@@ -99,9 +109,35 @@ class BiLSTMEncoder(nn.Module):
         packed = pack_padded_sequence(hs, lengths, batch_first=True, enforce_sorted=False)
         r, _ = self.rnn(packed, (h0, c0))
         r, _ = pad_packed_sequence(r, batch_first=True, total_length=t)
-        r = r.gather(1, torch.argsort(order, dim=1)[..., None].expand(b, t, r.shape[-1]))
-        y = self.out(self.drop(torch.cat([h, r], dim=-1)))
-        return valid_only(F.normalize(y, dim=-1), valid)
+        return r.gather(1, torch.argsort(order, dim=1)[..., None].expand(b, t, r.shape[-1]))
+
+    def unrolled(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The same BiLSTM written out step by step (traceable: no sort, no packing): an invalid
+        step leaves the state as it was, so at every valid step the output equals ``packed``'s
+        (tested); at invalid steps it is the carried state, zeroed by ``forward``."""
+        b, t, _ = h.shape
+        n, x = 2 * self.layers, h
+        for layer in range(self.layers):
+            outs = []
+            for direction, steps in ((0, range(t)), (1, range(t - 1, -1, -1))):
+                sfx = f"_l{layer}" + ("_reverse" if direction else "")
+                w_hh = getattr(self.rnn, "weight_hh" + sfx)
+                xw = x @ getattr(self.rnn, "weight_ih" + sfx).T + getattr(self.rnn, "bias_ih" + sfx) \
+                    + getattr(self.rnn, "bias_hh" + sfx)
+                k = 2 * layer + direction
+                hh = self.init_state[k].expand(b, self.hidden)
+                cc = self.init_state[n + k].expand(b, self.hidden)
+                ys: list = [None] * t
+                for s in steps:
+                    i, f, g, o = (xw[:, s] + hh @ w_hh.T).chunk(4, dim=-1)
+                    c2 = torch.sigmoid(f) * cc + torch.sigmoid(i) * torch.tanh(g)
+                    m = valid[:, s, None]
+                    hh = torch.where(m, torch.sigmoid(o) * torch.tanh(c2), hh)
+                    cc = torch.where(m, c2, cc)
+                    ys[s] = hh
+                outs.append(torch.stack(ys, 1))
+            x = torch.cat(outs, -1)
+        return x
 
 
 class TemporalEncoder(nn.Module):

@@ -266,3 +266,22 @@ def test_heads_table_counts_the_lstm_flops():
     want = sum(2 * 2 * 4 * (d // 2) * (d + d // 2) * 2 * T for d in (DA, DV))
     assert rnn_flops(h, T, T) == want
     assert rnn_flops(build_head("mean", DA, DV), T, T) == 0
+
+
+def test_bilstm_unrolled_equals_packed_at_valid_steps():
+    """The traceable step-by-step BiLSTM (used by the ONNX export) gives the packed one's outputs
+    at every valid step, with invalid steps anywhere in a row (and a row with none valid)."""
+    from fusion.heads.attention_layers import BiLSTMEncoder
+
+    torch.manual_seed(0)
+    enc = BiLSTMEncoder(12, 16).eval()
+    x = torch.randn(5, 7, 12)
+    valid = torch.rand(5, 7) > 0.35
+    valid[0] = True
+    valid[1] = False
+    valid[2, :3] = False
+    h = torch.nn.functional.normalize(enc.proj(enc.inp(x)), dim=-1) * valid[..., None]
+    with torch.no_grad():
+        a, b = enc.packed(h, valid), enc.unrolled(h, valid)
+    assert torch.allclose(a[valid], b[valid], atol=1e-5), (a[valid] - b[valid]).abs().max()
+    assert not torch.allclose(a[valid], enc.unrolled(h, torch.ones_like(valid))[valid], atol=1e-3)
