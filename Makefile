@@ -36,8 +36,8 @@ demo: install  ## synthesise the toy corpus and run the whole pipeline end to en
 test: install-dev  ## run the test suite (CPU only, no network)
 	$(BIN)/python -m pytest -q
 
-test-quality: install-dev  ## only the fusion quality gates, printing their EER table (part of `make test`)
-	$(BIN)/python -m pytest -q -s tests/fusion/test_quality.py
+test-quality: install-dev  ## the fusion quality gates with their EER table, the masking gate on a second corpus included
+	AVFUSE_SLOW_GATES=1 $(BIN)/python -m pytest -q -s tests/fusion/test_quality.py
 
 bench: install  ## run the CPU benchmarks (see docs/BENCHMARKS.md); benchmarks/*_speed.py and extract_*.py
 	for b in benchmarks/*_speed.py benchmarks/extract_*.py; do $(BIN)/python $$b || exit 1; done

@@ -32,6 +32,8 @@ Deterministic: fixed seeds, one torch thread, CPU. Corpus: ``toy_cache``
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -171,6 +173,14 @@ def masking(toy_cache_correlated, tmp_path_factory):
     return out
 
 
+# The masking gate needs a second 600-clip corpus (about 4 minutes on 2 idle cores, 7 under load, plus
+# 18 trainings): `make test-quality` runs it (AVFUSE_SLOW_GATES=1); `make test` skips it to stay within
+# the CI budget, since its outcome is the measured strict xfail above.
+SLOW_GATES = pytest.mark.skipif(os.environ.get("AVFUSE_SLOW_GATES") != "1", reason=(
+    "the masking gate builds a second toy corpus (voice-face correlated): run `make test-quality`"))
+
+
+@SLOW_GATES
 @pytest.mark.parametrize("name", [pytest.param(n, marks=MASKING_XFAIL) for n in MASKING_HEADS])
 def test_masking_improves_cross_modal_modes(name, masking):
     masked, unmasked = masking[(name, "masked")], masking[(name, "unmasked")]
