@@ -138,12 +138,20 @@ class MeanHead(FusionHead):
     ``hidden = 0`` (default): each projection is one linear layer (the paper's per-modality
     projection; on frozen embeddings it generalised better to unseen identities than a
     hidden layer in our toy-corpus runs); ``hidden > 0``: Linear-ReLU-Dropout-Linear.
+
+    ``modality_loss = True`` (2311.05071's test of whether a shared space breaks): besides
+    the fused view, the training views include each modality's own embedding e_A (rows
+    with audio) and e_V (rows with a face), so the arc-margin loss pulls e_A and e_V to the
+    same class centres as e. Default False: the fused view only (the paper's mean fusion).
     """
 
     def __init__(self, *, audio_dim: int, face_dim: int, dim: int = 256, hidden: int = 0,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, modality_loss: bool = False):
         super().__init__(audio_dim=audio_dim, face_dim=face_dim)
+        if not isinstance(modality_loss, bool):
+            raise ValueError(f"modality_loss must be true or false, got {modality_loss!r}")
         self.dim = int(dim)
+        self.modality_loss = modality_loss
         self.norm_a, self.norm_v = InputNorm(audio_dim), InputNorm(face_dim)
         self.proj_a = mlp(audio_dim, hidden, dim, dropout)
         self.proj_v = mlp(face_dim, hidden, dim, dropout)
@@ -152,15 +160,35 @@ class MeanHead(FusionHead):
     def embedding_dim(self) -> int:
         return self.dim
 
-    def embed(self, batch, use=MODALITIES):
+    def _project(self, batch, use):
+        """``(a_p, v_p, e_A or None, e_V or None)``: presence masks and per-modality projections."""
         a_p, v_p = batch.present(use)
-        out = torch.zeros(len(batch), self.dim, device=batch.device)
-        if a_p.any():
-            out = out + self.proj_a(self.norm_a(_need(batch.audio_clip, "audio_clip", self.name))) * a_p[:, None]
-        if v_p.any():
-            out = out + self.proj_v(self.norm_v(_need(batch.face_clip, "face_clip", self.name))) * v_p[:, None]
+        e_a = self.proj_a(self.norm_a(_need(batch.audio_clip, "audio_clip", self.name))) if a_p.any() else None
+        e_v = self.proj_v(self.norm_v(_need(batch.face_clip, "face_clip", self.name))) if v_p.any() else None
+        return a_p, v_p, e_a, e_v
+
+    def _fuse(self, n, device, a_p, v_p, e_a, e_v):
+        out = torch.zeros(n, self.dim, device=device)
+        if e_a is not None:
+            out = out + e_a * a_p[:, None]
+        if e_v is not None:
+            out = out + e_v * v_p[:, None]
         count = (a_p.float() + v_p.float()).clamp_min(1.0)
         return out / count[:, None]
+
+    def embed(self, batch, use=MODALITIES):
+        return self._fuse(len(batch), batch.device, *self._project(batch, use))
+
+    def train_views(self, batch):
+        if not self.modality_loss:
+            return super().train_views(batch)
+        a_p, v_p, e_a, e_v = self._project(batch, MODALITIES)
+        views = [("AV", self._fuse(len(batch), batch.device, a_p, v_p, e_a, e_v), a_p | v_p)]
+        if e_a is not None:
+            views.append(("A", e_a, a_p))
+        if e_v is not None:
+            views.append(("V", e_v, v_p))
+        return views
 
 
 # ------------------------------------------------------------------------ mlp
