@@ -63,6 +63,10 @@ def _resolve_device(device: str, remote: bool = False) -> str:
               help="Compute precision: auto = bf16 autocast on CUDA, fp32 on CPU (recorded in the provenance).")
 @click.option("--min-segment-seconds", type=click.FloatRange(min=0, min_open=True), default=0.5,
               show_default=True, help="Shortest audio segment; shorter clips get repeat-padded, flagged segments.")
+@click.option("--segment-windows", type=click.Choice(["equal", "centre"]), default="equal", show_default=True,
+              help="audio/segments: 'equal' = S equal parts of the utterance; 'centre' = the DCA authors' "
+                   "windows: S windows of 1.015 s at the centres of S equal spans, clips up to S x 1.015 s "
+                   "zero-padded in front (their dataLoader.py); recorded in the provenance.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of 'random' weights.")
 @click.option("--max-failures", type=click.FloatRange(0, 1), default=0.01, show_default=True,
               help="Exit 1 when more than this share of clips failed (they are still cached, flagged).")
@@ -75,11 +79,12 @@ def _resolve_device(device: str, remote: bool = False) -> str:
 @click.pass_context
 def extract_cmd(ctx: click.Context, manifest, cache, audio_backbone, audio_weights, face_backbone, face_weights,
                 device, batch_size, num_workers, segments, frames, shard_size, dtype, precision,
-                min_segment_seconds, seed, max_failures, overwrite, threads, quiet, **dask) -> None:
+                min_segment_seconds, segment_windows, seed, max_failures, overwrite, threads, quiet, **dask) -> None:
     """Run frozen backbones over the manifest's clips into an embedding cache.
 
     \b
-    Per clip: audio/clip (whole utterance), audio/segments (S equal parts),
+    Per clip: audio/clip (whole utterance), audio/segments (S equal parts, or
+    --segment-windows centre),
     face/frames (F evenly spaced frames), face/clip (mean of valid frames),
     has_audio/has_face, duration. Rows follow the manifest order.
     Resumable: rerun the same command after Ctrl-C or a crash; done shards are skipped.
@@ -112,6 +117,7 @@ def extract_cmd(ctx: click.Context, manifest, cache, audio_backbone, audio_weigh
                         face_backbone=face_backbone, face_weights=face_weights,
                         segments=segments, frames=frames, dtype=dtype, shard_size=shard_size,
                         min_segment_seconds=min_segment_seconds, seed=seed, precision=precision,
+                        segment_windows=segment_windows,
                         batch_size=batch_size or (64 if device.startswith("cuda") else 8),
                         num_workers=_default_workers() if num_workers is None else num_workers,
                         device=device)

@@ -10,6 +10,7 @@ DTYPES = ("float16", "float32")
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+SEGMENT_WINDOWS = ("equal", "centre")     # extractors.windows.WINDOW_MODES
 
 
 @dataclass
@@ -19,7 +20,9 @@ class ExtractConfig:
     Fields in ``EMBEDDING_FIELDS`` change the stored embeddings and go into the cache's
     provenance; ``batch_size`` (clips per forward batch; on CUDA faces run ``batch_size *
     frames`` images per batch, on CPU at most 8), ``num_workers`` (decode processes or
-    threads) and ``device`` do not; ``precision`` does, through ``compute_precision()``.
+    threads) and ``device`` do not; ``precision`` does, through ``compute_precision()``;
+    ``segment_windows`` (``centre``: the DCA authors' windows, ``extractors.windows``) does,
+    recorded only when not the default ``equal``, so existing caches keep their fingerprint.
     """
 
     audio_backbone: str | None = None
@@ -36,6 +39,7 @@ class ExtractConfig:
     batch_size: int = 8
     num_workers: int = 2
     device: str = "cpu"
+    segment_windows: str = "equal"        # equal: S equal parts; centre: the DCA authors' 1.015 s windows
 
     EMBEDDING_FIELDS = ("segments", "frames", "dtype", "shard_size", "min_segment_seconds", "seed")
 
@@ -63,6 +67,8 @@ class ExtractConfig:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not self.min_segment_seconds > 0:
             raise ConfigError(f"min_segment_seconds must be > 0, got {self.min_segment_seconds!r}")
+        if self.segment_windows not in SEGMENT_WINDOWS:
+            raise ConfigError(f"segment_windows must be one of {SEGMENT_WINDOWS}, got {self.segment_windows!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         return self
@@ -77,4 +83,6 @@ class ExtractConfig:
         """The provenance ``config`` block: fields that change what is stored."""
         d = {k: getattr(self, k) for k in self.EMBEDDING_FIELDS}
         d["compute_precision"] = self.compute_precision()
+        if self.segment_windows != "equal":     # only when set: the default keeps every fingerprint
+            d["segment_windows"] = self.segment_windows
         return d

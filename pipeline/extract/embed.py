@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from extractors.batching import length_batches, pad_stack, segment_plan, tile_to_length
+from extractors.windows import centre_window_plan, front_padded, window_samples
 
 #: cap on padded samples per audio batch, in seconds of audio per clip slot
 MAX_SECONDS_PER_SLOT = 20.0
@@ -109,11 +110,13 @@ def embed_audio(models, waves: Sequence[np.ndarray | None], cfg) -> AudioResult:
     item_clip: list[int] = []
     whole_item: dict[int, int] = {}
     plans = {}
+    centre = getattr(cfg, "segment_windows", "equal") == "centre"   # the DCA authors' windows
+    win = window_samples(sr)
     for i, w in enumerate(waves):
         if w is None:
             continue
         plan = segment_plan(len(w), S, min_samples)
-        plans[i] = plan
+        plans[i] = centre_window_plan(len(w), S, win, min_samples) if centre else plan
         w_eff = tile_to_length(w, plan.tiled_length) if plan.tiled_length else w
         whole_item[i] = len(items)
         items.append(w_eff)
@@ -121,7 +124,7 @@ def embed_audio(models, waves: Sequence[np.ndarray | None], cfg) -> AudioResult:
     n_whole = len(items)
     part_item: dict[tuple[int, int], int] = {}
     for i, plan in plans.items():
-        w_eff = items[whole_item[i]]
+        w_eff = front_padded(waves[i], plan.pad_front) if centre else items[whole_item[i]]
         for p, (a, b) in enumerate(plan.parts):
             part_item[(i, p)] = len(items)
             items.append(w_eff[a:b])

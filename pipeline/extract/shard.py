@@ -11,7 +11,8 @@ Definitions (also in docs of ``avfuse extract``)
 * ``audio/segments``: the backbone on S equal parts of the utterance; an utterance
   shorter than ``S * min_segment_seconds`` gets fewer real parts, repeated cyclically
   into the S slots, the repeats flagged False in ``audio/segment_valid``; one shorter
-  than a single segment has all S slots False.
+  than a single segment has all S slots False. With ``segment_windows="centre"``: the DCA
+  authors' S windows of 1.015 s at the centres of S equal spans (``extractors.windows``).
 * ``face/frames``: the backbone on F evenly spaced frames (``extractors.media.decode``);
   ``face/frame_valid`` False for repeats of an earlier frame; ``face/clip`` = the mean of
   the valid frames' embeddings (float32 mean, then stored).
