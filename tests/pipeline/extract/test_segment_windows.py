@@ -3,7 +3,6 @@ end on real wav files, a real backbone (mobilenetv2_mel, random weights) and a r
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
