@@ -25,6 +25,7 @@ import click
 from pipeline.core.modes import MODES as ALL_MODES
 
 DEMO_HEADS = ("score_avg", "mean", "mlp", "multiview", "cross_attention", "jca", "dca")
+ATTENTION_HEADS = ("cross_attention", "jca", "dca")
 DEMO_MODES = tuple(ALL_MODES)
 DEMO_CORPUS = dict(layout="vox2", speakers=40, videos_per_speaker=3, clips_per_video=2, seed=0)
 
@@ -78,6 +79,7 @@ def _extract(out: Path, report: dict):
 
 def _train(out: Path, cache_path: Path, report: dict, heads, epochs: int) -> Path:
     from fusion.checkpoint import load_head, save_head
+    from fusion.recipes import CLIP_RECIPE
     from fusion.trainer import TrainConfig
     from pipeline.cache.reader import open_cache
     from pipeline.core.config import fingerprint
@@ -86,7 +88,11 @@ def _train(out: Path, cache_path: Path, report: dict, heads, epochs: int) -> Pat
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     for name in heads:
-        cfg = TrainConfig(epochs=epochs, seed=0, device="cpu")
+        # toy scale, as the quality gates: the clip recipe for every head (the attention heads' own,
+        # the DCA authors' x0.65 LR per epoch, leaves a few dozen updates on 4-step toy epochs) and
+        # d_model 64 for the attention heads (native widths are sized for thousands of identities)
+        cfg = TrainConfig(**{**CLIP_RECIPE, "epochs": epochs}, seed=0, device="cpu",
+                          head_options={"d_model": 64} if name in ATTENTION_HEADS else {})
         path = runs / f"{name}.pt"
         if path.exists():
             try:
@@ -99,7 +105,7 @@ def _train(out: Path, cache_path: Path, report: dict, heads, epochs: int) -> Pat
                 pass
         t0 = time.perf_counter()
         head, history = train_head(cache, name, cfg, dev_trials=report["trials"]["dev"], progress=False)
-        save_head(path, head, checkpoint_meta(cfg, cache, history))
+        save_head(path, head, checkpoint_meta(cfg, cache, history, head_name=name))
         last = history[-1] if history else {}
         dev = min((h["dev_eer"] for h in history if h.get("dev_eer") is not None), default=None)
         dev_txt = f"best dev EER {100 * dev:.2f}%" if dev is not None else ""

@@ -42,7 +42,6 @@ from tests.reliability.harness import (
 from tests.reliability.kill_tools import N_KILLS, ORPHAN_GRACE_S, _kill_group, _lock_pid, state_problems
 
 
-
 def _kill_once(proc, log: list[dict]):
     """Kill the run's process group; wait for its decode workers once, at the first kill that
     finds some (later kills: no wait)."""
