@@ -37,9 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-# iter_scan, ordered_map, default_workers and the probe functions live in fastscan.py / probe.py;
-# imported here so that ``from data_manifests.voxceleb import ...`` keeps working
-from data_manifests.fastscan import (  # noqa: F401
+from data_manifests.fastscan import (
     Durations,
     default_workers,
     durations_summary,
@@ -49,7 +47,6 @@ from data_manifests.fastscan import (  # noqa: F401
     read_durations,
 )
 from data_manifests.manifest import ClipRecord, ManifestWriter, iter_manifest
-from data_manifests.probe import SOUNDFILE_EXTS, count_frames, probe_audio_file, probe_clip, probe_container  # noqa: F401
 from data_manifests.splits import SplitAssigner, read_split_source
 from pipeline.core.config import fingerprint
 from pipeline.core.errors import ManifestError

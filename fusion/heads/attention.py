@@ -54,14 +54,13 @@ import torch
 from torch import nn
 
 from fusion.batch import MODALITIES, EmbeddingBatch
-from fusion.heads.attention_layers import (  # noqa: F401 (re-export)
+from fusion.heads.attention_layers import (
     ENCODERS,
     AttentiveStatsPool,
     BiLSTMEncoder,
     CorrelationSublayer,
     CrossAttention,
     TemporalEncoder,
-    masked_softmax,
 )
 from fusion.heads.base import FIT_ROWS, FusionHead, _need, spaced_rows
 from fusion.recipes import DCA_RECIPE

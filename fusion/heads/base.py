@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusion.batch import MODALITIES, EmbeddingBatch
-from fusion.registry import build_head, get_head, list_heads, register_head  # noqa: F401 (re-export)
 from pipeline.core.errors import HeadError
 
 

@@ -37,11 +37,10 @@ from torch import nn
 
 from fusion.batch import MODALITIES, EmbeddingBatch
 from fusion.heads.base import FusionHead, InputNorm, _need, mlp
-from fusion.registry import build_head, get_head, list_heads, register_head  # noqa: F401 (re-export)
+from fusion.registry import register_head
 from pipeline.core.errors import TrainingError
 
-__all__ = ["FusionHead", "ScoreAvgHead", "MeanHead", "MLPHead", "MultiViewHead", "InputNorm",
-           "register_head", "get_head", "list_heads", "build_head"]
+__all__ = ["FusionHead", "ScoreAvgHead", "MeanHead", "MLPHead", "MultiViewHead", "InputNorm"]
 
 
 # ------------------------------------------------------------------ score_avg

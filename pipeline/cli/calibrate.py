@@ -73,7 +73,8 @@ def fit_cmd(scores_paths, quality, cohort, top_k, cache_path, prior, l2, out_pat
     label). Prints the dev Cllr of each input and of the calibrated output.
     """
     from pipeline.core.outputs import check_output
-    from pipeline.score.calibrate import fit, parse_quality
+    from pipeline.score.calibrate import fit
+    from pipeline.score.quality import parse_quality
 
     check_output(out_path, [*scores_paths, cache_path])
 

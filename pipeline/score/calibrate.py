@@ -34,8 +34,8 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.core.errors import ConfigError, ScoringError
-from pipeline.score.align import load_aligned  # noqa: F401  (re-exported)
-from pipeline.score.quality import parse_quality, quality_features, quality_names  # noqa: F401  (re-exported)
+from pipeline.score.align import load_aligned
+from pipeline.score.quality import quality_features, quality_names
 
 FORMAT = "avfuse-calibration"
 

@@ -15,7 +15,7 @@ import torch
 from fusion.batch import EmbeddingBatch, resolve_device
 from fusion.evaluation import DevSet
 from fusion.registry import get_head
-from fusion.trainer import TrainConfig, check_training_data, fit_head, recipe_record, resolve_config
+from fusion.trainer import TrainConfig, fit_head, recipe_record, resolve_config
 from pipeline import __version__
 from pipeline.core.config import to_dict
 from pipeline.core.errors import ConfigError
@@ -23,13 +23,11 @@ from pipeline.train.data import dev_set_from_trials, load_split
 
 
 def _resolve_data(data, cfg: TrainConfig, need_sequences: bool, device: torch.device):
-    """-> (batch, labels, cache or None)."""
+    """-> (batch, labels, cache or None); ``fit_head`` checks and moves in-memory tensors."""
     if isinstance(data, tuple):
-        batch, labels = data[0], data[1]
-        if not isinstance(batch, EmbeddingBatch):
+        if not isinstance(data[0], EmbeddingBatch):
             raise TypeError("train_head data must be a cache, a cache path or (EmbeddingBatch, labels)")
-        check_training_data(batch, labels, need_sequences)
-        return batch.to(device), torch.as_tensor(labels).long().to(device), None
+        return data[0], data[1], None
     cache = data
     if isinstance(data, (str, Path)):
         from pipeline.cache.reader import open_cache

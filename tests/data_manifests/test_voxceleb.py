@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from data_manifests import discover, read_manifest, read_split_source, scan, scan_to_manifest
-from data_manifests.voxceleb import probe_container
+from data_manifests.probe import probe_container
 from pipeline.cli.manifest import manifest_cmd
 from pipeline.core import ConfigError, ManifestError
 
