@@ -53,12 +53,17 @@ class Weights:
     avfuse never downloads) or raises ``BackboneError`` saying how to get it; ``sha256``
     is checked when the weights are resolved; ``meta`` says where they come from.
     ``random`` (a seeded random init) is always available and is not a ``Weights``.
+    ``preprocess`` (like torchvision's ``Weights.transforms``): the input preprocessing that
+    belongs to these weights, applied by extraction to each clip's waveform before it is
+    segmented and batched; a callable ``float32 wave (T,) -> wave (T',)`` with a ``name`` and
+    a ``to_dict()`` of its parameters (recorded in the cache provenance); None: none.
     """
 
     name: str
     locate: Callable[[], Path]
     sha256: str | None = None
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+    preprocess: Any = None
 
     def path(self) -> Path:
         from pipeline.core.fsio import sha256_file
@@ -81,6 +86,15 @@ class BackboneEntry:
     description: str = ""
     build_kwargs: dict = field(default_factory=dict)
     weights: tuple[Weights, ...] = ()             # named weights (e.g. "pretrained"), besides "random"
+
+    def get_preprocess(self, name: str):
+        """The preprocessing called ``name`` of one of this backbone's named weights."""
+        for w in self.weights:
+            if w.preprocess is not None and w.preprocess.name == name:
+                return w.preprocess
+        known = sorted({w.preprocess.name for w in self.weights if w.preprocess is not None})
+        raise BackboneError(f"backbone {self.name!r} has no input preprocessing {name!r}",
+                            hint=f"its preprocessings: {', '.join(known) or 'none'}")
 
     def get_weights(self, name: str) -> Weights:
         for w in self.weights:

@@ -11,11 +11,18 @@ frames (1.6 s). Utterance embedding (resemblyzer ``embed_utterance`` with its de
 of its samples with audio (unless it is the only one); missing audio is zeros; the
 utterance embedding is the L2-normalised mean of the partial embeddings.
 
-Pre-processing (resemblyzer ``preprocess_wav`` minus the VAD): each clip is scaled to
--30 dBFS RMS if it is quieter (increase only; silent clips are left as they are). The
-webrtcvad silence trimming is **skipped** (it needs the webrtcvad C extension and is a
-data-cleaning step, not part of the model); embeddings of clips with long silences
-therefore differ a little from resemblyzer's.
+Pre-processing. Inside the module (every weights, every input, segments included): each
+clip is scaled to -30 dBFS RMS if it is quieter (increase only; silent clips are left as
+they are). The ``pretrained`` weights add resemblyzer's ``preprocess_wav`` as their
+``Weights.preprocess`` (:class:`ResemblyzerPreprocess`, name ``resemblyzer_vad``), which
+extraction applies to each clip's whole waveform before the clip and its segments are cut:
+resemblyzer's volume normalisation (numpy float32, as theirs) then its webrtcvad long-silence
+trimming (:mod:`extractors.audio.vad`, bit-exact masks), in that order. The segments are
+therefore cut from the trimmed wave. A clip the VAD trims to nothing (no voiced window, or
+shorter than one 30 ms window) keeps its untrimmed (volume-normalised) wave; resemblyzer
+would embed an empty wave. ``pretrained-novad`` is the same file without it (the wave as
+decoded, as avfuse did before). The in-module normalisation then finds the trimmed wave at
+or above -30 dBFS in all but odd cases (trimming removed loud non-speech) and leaves it.
 
 Features: :class:`extractors.audio.frontends.Mel40` (librosa melspectrogram defaults).
 
@@ -32,14 +39,17 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from extractors.audio.frontends import Mel40, check_wave, no_autocast, valid_mask
+from extractors.audio.vad import INT16_MAX, TrimParams, trim_long_silences
 from extractors.checkpoints import (
     add_prefix,
     cloned_state,
@@ -114,6 +124,38 @@ def normalize_volume(wave: torch.Tensor, lengths: torch.Tensor, target_dbfs: flo
     gain = torch.where(rms > 0, (10.0 ** (target_dbfs / 20.0)) / rms.clamp(min=1e-30), torch.ones_like(rms))
     gain = torch.clamp(gain, min=1.0)
     return wave * mask * gain.unsqueeze(1)
+
+
+def normalize_volume_np(wav: np.ndarray, target_dbfs: float = -30.0) -> np.ndarray:
+    """resemblyzer ``normalize_volume(wav, target, increase_only=True)`` with its arithmetic
+    (float32 in, float32 out); a silent wave is returned as is (resemblyzer: NaN)."""
+    rms = np.sqrt(np.mean((wav * INT16_MAX) ** 2))
+    if not rms > 0:
+        return wav
+    change = target_dbfs - 20 * np.log10(rms / INT16_MAX)
+    if change < 0:
+        return wav
+    return wav * (10 ** (change / 20))
+
+
+@dataclass(frozen=True)
+class ResemblyzerPreprocess:
+    """resemblyzer 0.1.4 ``preprocess_wav`` on a 16 kHz wave: ``normalize_volume(-30 dBFS,
+    increase_only)`` then ``trim_long_silences``; an all-silent result falls back to the
+    normalised, untrimmed wave. The ``preprocess`` of ge2e_lstm's ``pretrained`` weights."""
+    target_dbfs: float = -30.0
+    trim: TrimParams = field(default_factory=TrimParams)
+    name: str = "resemblyzer_vad"
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        wav = normalize_volume_np(np.asarray(wav, dtype=np.float32), self.target_dbfs)
+        trimmed = trim_long_silences(wav, self.trim)
+        return trimmed if len(trimmed) else wav
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "of": "resemblyzer==0.1.4 preprocess_wav", "volume_dbfs": self.target_dbfs,
+                "increase_only": True, "vad": "webrtcvad", **self.trim.to_dict(), "order": "volume, then trim",
+                "all_silent": "untrimmed wave", "segments": "cut from the trimmed wave"}
 
 
 class GE2EEncoder(nn.Module):
@@ -192,15 +234,19 @@ def build_ge2e(**kwargs) -> GE2EEncoder:
     return GE2EEncoder(**kwargs)
 
 
+PRETRAINED_META = {"source": "resemblyzer==0.1.4 (PyPI), resemblyzer/pretrained.pt",
+                   "training data": "LibriSpeech, VoxCeleb1, VoxCeleb2 (GE2E loss)", "license": "Apache-2.0"}
+
 register_backbone(BackboneEntry(
     name=NAME, modality="audio",
     spec=InputSpec(modality="audio", embedding_dim=EMBEDDING_DIM, sample_rate=SAMPLE_RATE, features="mel40"),
     build=build_ge2e, load_state=load_ge2e_state,
-    weights=(Weights("pretrained", locate=pretrained_path, sha256=PRETRAINED_SHA256,
-                     meta={"source": "resemblyzer==0.1.4 (PyPI), resemblyzer/pretrained.pt",
-                           "training data": "LibriSpeech, VoxCeleb1, VoxCeleb2 (GE2E loss)",
-                           "license": "Apache-2.0"}),),
+    weights=(Weights("pretrained", locate=pretrained_path, sha256=PRETRAINED_SHA256, meta=PRETRAINED_META,
+                     preprocess=ResemblyzerPreprocess()),
+             Weights("pretrained-novad", locate=pretrained_path, sha256=PRETRAINED_SHA256,
+                     meta={**PRETRAINED_META, "preprocess": "none (no silence trimming)"})),
     formats=("resemblyzer 0.1.4 pretrained.pt ({'model_state': ...})", "plain state dict (lstm.*, linear.*)",
              "'module.'/'model.'-prefixed state dict"),
     description="GE2E 3-layer LSTM (resemblyzer), 40 mel, 1.6 s partials averaged; "
-                f"weights: `{INSTALL_HINT}`"))
+                f"weights: `{INSTALL_HINT}`; 'pretrained' trims silences with webrtcvad as resemblyzer, "
+                "'pretrained-novad' does not"))

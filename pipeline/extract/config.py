@@ -40,6 +40,10 @@ class ExtractConfig:
     num_workers: int = 2
     device: str = "cpu"
     segment_windows: str = "equal"        # equal: S equal parts; centre: the DCA authors' 1.015 s windows
+    #: the audio weights' input preprocessing (``Weights.preprocess`` name, e.g. "resemblyzer_vad"
+    #: of ge2e_lstm "pretrained"): set by ``resolve_config`` from named weights; None: none.
+    #: Recorded in the provenance through the backbone info (``audio_backbone["preprocess"]``).
+    audio_preprocess: str | None = None
 
     EMBEDDING_FIELDS = ("segments", "frames", "dtype", "shard_size", "min_segment_seconds", "seed")
 

@@ -95,10 +95,29 @@ def _run_batches(batches: list[np.ndarray], forward: Callable[[np.ndarray], np.n
             after(b)
 
 
+def preprocess_waves(models, waves: Sequence[np.ndarray | None], errors: dict[int, Any]) -> list:
+    """Each clip's whole wave through the audio weights' preprocessing (``models.audio_preprocess``,
+    e.g. ge2e_lstm ``pretrained``'s silence trimming), before segments are cut; a clip it
+    raises on is recorded in ``errors`` and left out (None)."""
+    pre = getattr(models, "audio_preprocess", None)
+    if pre is None:
+        return list(waves)
+    out: list = []
+    for i, w in enumerate(waves):
+        try:
+            out.append(None if w is None else pre(w))
+        except Exception as e:
+            errors[i] = f"audio preprocessing {pre.name}: {type(e).__name__}: {e}"
+            out.append(None)
+    return out
+
+
 def embed_audio(models, waves: Sequence[np.ndarray | None], cfg) -> AudioResult:
     """Clip and segment embeddings of ``waves`` (float32 mono at the backbone's rate;
-    None = missing/failed)."""
+    None = missing/failed), after the weights' preprocessing (:func:`preprocess_waves`)."""
     import torch
+    errors: dict[int, Any] = {}
+    waves = preprocess_waves(models, waves, errors)
     spec = models.audio_info["spec"]
     sr = int(spec["sample_rate"])
     dim = int(models.audio_info["embedding_dim"])
@@ -137,7 +156,6 @@ def embed_audio(models, waves: Sequence[np.ndarray | None], cfg) -> AudioResult:
             emb = models.audio(_to_device(wave, models.device), _to_device(lens, models.device))
         return emb.float().cpu().numpy()
 
-    errors: dict[int, Any] = {}
     out: dict[int, np.ndarray] = {}
     bs = cfg.batch_size
     whole_batches = length_batches(lengths[:n_whole], bs, bs * cap)

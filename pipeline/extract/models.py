@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.core.errors import ConfigError
 from pipeline.extract.config import ExtractConfig
 
@@ -20,6 +22,7 @@ class Models:
     audio_info: dict | None = None
     face: Any = None
     face_info: dict | None = None
+    audio_preprocess: Any = None      # the audio weights' waveform preprocessing (``Weights.preprocess``)
     device: str = "cpu"
     precision: str = "fp32"
 
@@ -53,6 +56,38 @@ def resolve_weights(backbone: str | None, weights: str | None) -> str | None:
     return weights
 
 
+def worker_weights(backbone: str | None, given: str | None, resolved: str | None) -> str | None:
+    """The weights a Dask worker gets: named weights (e.g. "pretrained") and "random" as
+    given, each worker resolving its own packaged file (sha256 checked); a checkpoint path
+    made absolute."""
+    if given in (None, "random") or not backbone:
+        return given
+    from extractors.registry import get_backbone
+
+    if given in {w.name for w in get_backbone(backbone).weights}:
+        return given
+    return str(Path(resolved).resolve())
+
+
+def resolve_config(cfg: ExtractConfig) -> ExtractConfig:
+    """``cfg`` with named weights resolved to their files (:func:`resolve_weights`) and
+    ``audio_preprocess`` set to the named audio weights' preprocessing (None when they have
+    none); paths and ``random`` keep ``cfg.audio_preprocess`` as given."""
+    import dataclasses
+
+    pre = cfg.audio_preprocess
+    if cfg.audio_backbone and cfg.audio_weights not in (None, "random"):
+        from extractors.registry import get_backbone
+
+        entry = get_backbone(cfg.audio_backbone)
+        named = [w for w in entry.weights if w.name == cfg.audio_weights]
+        if named:
+            pre = named[0].preprocess.name if named[0].preprocess is not None else None
+    return dataclasses.replace(cfg, audio_weights=resolve_weights(cfg.audio_backbone, cfg.audio_weights),
+                               face_weights=resolve_weights(cfg.face_backbone, cfg.face_weights),
+                               audio_preprocess=pre)
+
+
 def get_models(cfg: ExtractConfig) -> Models:
     """The backbones of ``cfg``, built and loaded once per process (cached by backbone,
     weights file identity, seed, device and precision). Thread-safe."""
@@ -61,7 +96,7 @@ def get_models(cfg: ExtractConfig) -> Models:
     from extractors.registry import get_backbone, load_backbone
     from pipeline.core.errors import BackboneError
     key = (cfg.audio_backbone, _weights_key(cfg.audio_weights), cfg.face_backbone,
-           _weights_key(cfg.face_weights), cfg.seed, cfg.device, cfg.compute_precision())
+           _weights_key(cfg.face_weights), cfg.seed, cfg.device, cfg.compute_precision(), cfg.audio_preprocess)
     with _MODELS_LOCK:
         if key in _MODELS:
             return _MODELS[key]
@@ -80,6 +115,10 @@ def get_models(cfg: ExtractConfig) -> Models:
             module, info = load_backbone(name, getattr(cfg, f"{mod}_weights"), seed=cfg.seed, device=cfg.device)
             if mod == "face":
                 module = module.to(memory_format=torch.channels_last)
+            if mod == "audio" and cfg.audio_preprocess is not None:
+                m.audio_preprocess = entry.get_preprocess(cfg.audio_preprocess)
+                m.audio_preprocess(np.zeros(4096, np.float32))  # fails here, once, if it cannot run
+                info = {**info, "preprocess": m.audio_preprocess.to_dict()}
             setattr(m, mod, module)
             setattr(m, f"{mod}_info", info)
         _MODELS[key] = m

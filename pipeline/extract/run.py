@@ -14,7 +14,6 @@ equals an uninterrupted run's. ``failures.jsonl`` is regenerated at the end.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ from pipeline.core.errors import ManifestError
 from pipeline.core.progress import progress as progress_
 from pipeline.extract.config import ExtractConfig
 from pipeline.extract.decode_pool import decode_spec, iter_decoded
-from pipeline.extract.models import Models, get_models, resolve_weights
+from pipeline.extract.models import Models, get_models, resolve_config
 from pipeline.extract.shard import ShardStats, embed_shard
 
 __all__ = ["ExtractConfig", "ExtractSummary", "build_provenance", "compute_pending", "prepare_extract",
@@ -109,8 +108,7 @@ def prepare_extract(manifest: str | Path, cache: str | Path, cfg: ExtractConfig,
     from data_manifests.manifest import read_manifest
     from pipeline.cache.layout import CacheLayout
     from pipeline.cache.writer import create_cache
-    cfg = dataclasses.replace(cfg, audio_weights=resolve_weights(cfg.audio_backbone, cfg.audio_weights),
-                              face_weights=resolve_weights(cfg.face_backbone, cfg.face_weights))
+    cfg = resolve_config(cfg)
     cfg.validate()
     records = read_manifest(manifest)
     if not records:

@@ -67,6 +67,7 @@ from pipeline.extract.dask.worker import (
     running_keys,
     shard_task,
 )
+from pipeline.extract.models import worker_weights
 from pipeline.extract.run import prepare_extract, repair_and_pending
 from pipeline.extract.shard import ShardStats
 
@@ -128,13 +129,9 @@ def run_distributed(manifest: str | Path, cache: str | Path, cfg: ExtractConfig,
     rcfg, records, models, writer = prepare_extract(Path(manifest).resolve(), cache, driver_cfg,
                                                     overwrite=overwrite)
 
-    def worker_weights(given: str | None, resolved: str | None) -> str | None:
-        if given in (None, "random", "pretrained"):
-            return given  # "pretrained": each worker resolves its own packaged file (sha256 checked)
-        return str(Path(resolved).resolve())
     wcfg = dataclasses.replace(rcfg, device=cfg.device, precision=precision,
-                               audio_weights=worker_weights(cfg.audio_weights, rcfg.audio_weights),
-                               face_weights=worker_weights(cfg.face_weights, rcfg.face_weights))
+                               audio_weights=worker_weights(cfg.audio_backbone, cfg.audio_weights, rcfg.audio_weights),
+                               face_weights=worker_weights(cfg.face_backbone, cfg.face_weights, rcfg.face_weights))
     expected = {"audio": (models.audio_info or {}).get("sha256"), "face": (models.face_info or {}).get("sha256")}
     path = str(Path(cache).resolve())
     cache_fp = writer.fingerprint

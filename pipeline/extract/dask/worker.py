@@ -29,7 +29,8 @@ PLUGIN_NAME = "avfuse-extract"
 _RUNNING = ("executing", "long-running")
 _WORKER_LOCK = threading.Lock()
 _WORKER_MODELS: dict[str, Any] = {}
-_MODEL_FIELDS = ("audio_backbone", "audio_weights", "face_backbone", "face_weights", "seed", "device")
+_MODEL_FIELDS = ("audio_backbone", "audio_weights", "face_backbone", "face_weights", "seed", "device",
+                 "audio_preprocess")
 _MODEL_LOADS = 0          # backbone loads in this process (one per run per worker process)
 
 
@@ -47,7 +48,7 @@ def worker_models(cfg: ExtractConfig, expected: dict):
     the weights path *on this machine*; their sha256 must equal ``expected`` ({"audio",
     "face"}: the cache provenance's), else ``ClusterError``."""
     global _MODEL_LOADS
-    from pipeline.extract.models import clear_model_cache, get_models, resolve_weights
+    from pipeline.extract.models import clear_model_cache, get_models, resolve_config
     key = fingerprint([[getattr(cfg, f) for f in _MODEL_FIELDS], cfg.compute_precision(), expected])
     with _WORKER_LOCK:
         if key in _WORKER_MODELS:
@@ -61,8 +62,7 @@ def worker_models(cfg: ExtractConfig, expected: dict):
                 raise ClusterError(f"{_where()}: --device {cfg.device}, but torch sees no CUDA device here",
                                    hint="check the worker's GPU allocation / CUDA_VISIBLE_DEVICES, or use "
                                         "--device cpu")
-        local = dataclasses.replace(cfg, audio_weights=resolve_weights(cfg.audio_backbone, cfg.audio_weights),
-                                    face_weights=resolve_weights(cfg.face_backbone, cfg.face_weights))
+        local = resolve_config(cfg)
         try:
             models = get_models(local)
         except AvfuseError as e:
