@@ -188,7 +188,7 @@ def main() -> None:
     with scratch_dir("ge2e_check_") as tmp:
         files = make_files(tmp)
         proc = subprocess.run([args.rz_python, "-c", RZ_SCRIPT, json.dumps([(n, str(p)) for n, p in files]),
-                               str(tmp)], capture_output=True, text=True)
+                               str(tmp)], capture_output=True, text=True, check=False)
         if proc.returncode:
             sys.exit(f"resemblyzer side failed:\n{proc.stderr[-3000:]}")
         rz = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -221,7 +221,7 @@ def main() -> None:
     print(f"{'file':9} {'s':>5} {'kept':>5} {'cos VAD':>9} {'cos noVAD':>9} {'mask':>6} {'bit-eq':>6}")
     for r in rows:
         print(f"{r['file']:9} {r['seconds']:5.2f} {r['kept']:5.2f} {r['cos_pretrained']:9.6f} {r['cos_novad']:9.6f} "
-              f"{r['mask_agree']:6.3f} {str(r['trimmed_equal']):>6}")
+              f"{r['mask_agree']:6.3f} {r['trimmed_equal']!s:>6}")
     cos = np.array([r["cos_pretrained"] for r in rows])
     print(f"min cosine avfuse 'pretrained' vs resemblyzer: {cos.min():.6f} (target >= 0.999: "
           f"{'met' if cos.min() >= 0.999 else 'NOT met'}); 'pretrained-novad': "
