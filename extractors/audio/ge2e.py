@@ -129,6 +129,8 @@ def normalize_volume(wave: torch.Tensor, lengths: torch.Tensor, target_dbfs: flo
 def normalize_volume_np(wav: np.ndarray, target_dbfs: float = -30.0) -> np.ndarray:
     """resemblyzer ``normalize_volume(wav, target, increase_only=True)`` with its arithmetic
     (float32 in, float32 out); a silent wave is returned as is (resemblyzer: NaN)."""
+    if len(wav) == 0:
+        return wav
     rms = np.sqrt(np.mean((wav * INT16_MAX) ** 2))
     if not rms > 0:
         return wav

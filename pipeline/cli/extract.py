@@ -39,7 +39,9 @@ def _resolve_device(device: str, remote: bool = False) -> str:
 @click.option("--audio-backbone", default=None, help="Audio backbone name (see `avfuse backbones`).")
 @click.option("--audio-weights", default=None,
               help="Checkpoint path, 'random' (seeded random init) or 'pretrained' (the packaged "
-                   "weights, ge2e_lstm only). Required with --audio-backbone.")
+                   "weights, ge2e_lstm only, with resemblyzer's preprocessing: volume to -30 dBFS and "
+                   "webrtcvad silence trimming of each clip before its segments are cut; "
+                   "'pretrained-novad': the same weights without the trimming). Required with --audio-backbone.")
 @click.option("--face-backbone", default=None, help="Face backbone name (see `avfuse backbones`).")
 @click.option("--face-weights", default=None,
               help="Checkpoint path or 'random'. Required with --face-backbone.")
