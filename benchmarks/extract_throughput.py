@@ -139,10 +139,8 @@ def main(argv=None) -> dict:
                             batch_size=args.batch_size or (64 if cuda else 8),
                             num_workers=args.num_workers if args.num_workers is not None else
                             (max(1, cores - 2) if cuda else min(4, cores)))
-        import dataclasses
-
-        from pipeline.extract.models import resolve_weights
-        cfg = dataclasses.replace(cfg, audio_weights=resolve_weights(audio_name, aw))
+        from pipeline.extract.models import resolve_config
+        cfg = resolve_config(cfg)  # named weights -> file, and their preprocessing (ge2e 'pretrained': VAD)
         models = get_models(cfg)  # loaded once, outside both timings
         with torch.inference_mode():  # warm-up (allocators, cudnn/oneDNN primitives)
             models.audio(torch.zeros(2, 16000, device=args.device), torch.tensor([16000, 8000], device=args.device))
