@@ -161,9 +161,10 @@ def iter_ring(records: Sequence, decode: Callable, spec: Any, *, num_workers: in
                     except EOFError:    # its worker is gone: the sentinel says how, below
                         c.close()
                 if not msgs:
-                    dead = [p for p in procs if p.exitcode is not None]
-                    raise RuntimeError(f"decode worker (pid {dead[0].pid}) exited unexpectedly "
-                                       f"(exit code {dead[0].exitcode}; a negative code is the signal)")
+                    dead = next(p for p in procs if p.sentinel in got)
+                    dead.join(timeout=2.0)
+                    raise RuntimeError(f"decode worker (pid {dead.pid}) exited unexpectedly "
+                                       f"(exit code {dead.exitcode}; a negative code is the signal)")
             yield ready.pop(done)
             done += 1
     finally:
