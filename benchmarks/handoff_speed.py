@@ -184,11 +184,11 @@ def main(argv=None) -> dict:
     res = {"clips": a.clips, "workers": a.workers, "repeats": a.repeats,
            "machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}", "sizes": {}}
     for size in a.size:
-        runs = {"pickle": lambda: run_loader(a.clips, size, "numpy", a.workers),
-                "torch shm": lambda: run_loader(a.clips, size, "torch", a.workers),
-                "torch shm, packed": lambda: run_loader(a.clips, size, "packed", a.workers)}
+        runs = {"pickle": lambda s=size: run_loader(a.clips, s, "numpy", a.workers),
+                "torch shm": lambda s=size: run_loader(a.clips, s, "torch", a.workers),
+                "torch shm, packed": lambda s=size: run_loader(a.clips, s, "packed", a.workers)}
         if not a.skip_ring:
-            runs["shm ring"] = lambda: run_ring(a.clips, size, a.workers)
+            runs["shm ring"] = lambda s=size: run_ring(a.clips, s, a.workers)
         best = {k: (float("inf"), float("inf")) for k in runs}
         for _ in range(a.repeats):      # interleaved, so that load changes hit every variant alike
             for k, fn in runs.items():

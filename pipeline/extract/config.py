@@ -11,7 +11,7 @@ DTYPES = ("float16", "float32")
 
 PRECISIONS = ("auto", "fp32", "bf16")
 SEGMENT_WINDOWS = ("equal", "centre")     # extractors.windows.WINDOW_MODES
-RESIZE_ON = ("cpu", "device")
+RESIZE_ON = ("auto", "cpu", "device")
 
 
 @dataclass
@@ -25,7 +25,8 @@ class ExtractConfig:
     ``segment_windows`` (``centre``: the DCA authors' windows, ``extractors.windows``) does,
     recorded only when not the default ``equal``, so existing caches keep their fingerprint;
     ``resize_on`` (``device``: video faces are handed over centre-cropped at the source size and
-    resized to the backbone's crop on its device, docs/DESIGN.md) likewise.
+    resized to the backbone's crop on its device, docs/DESIGN.md; ``auto``: ``device`` on CUDA,
+    ``cpu`` on the CPU, through ``compute_resize_on()``) likewise, when it resolves to ``device``.
     """
 
     audio_backbone: str | None = None
@@ -43,7 +44,7 @@ class ExtractConfig:
     num_workers: int = 2
     device: str = "cpu"
     segment_windows: str = "equal"        # equal: S equal parts; centre: the DCA authors' 1.015 s windows
-    resize_on: str = "cpu"                # cpu: PIL in the decode workers; device: torch on the backbone's device
+    resize_on: str = "auto"               # cpu: PIL in the decode workers; device: torch on the backbone's device
 
     EMBEDDING_FIELDS = ("segments", "frames", "dtype", "shard_size", "min_segment_seconds", "seed")
 
@@ -85,12 +86,20 @@ class ExtractConfig:
             return self.precision
         return "bf16" if self.device.startswith("cuda") else "fp32"
 
+    def compute_resize_on(self) -> str:
+        """Where faces are resized: ``resize_on`` with ``auto`` resolved by device (``device`` on
+        CUDA, where the decode workers bound the throughput; ``cpu`` on the CPU, where the main
+        process runs the backbones: docs/BENCHMARKS.md)."""
+        if self.resize_on != "auto":
+            return self.resize_on
+        return "device" if self.device.startswith("cuda") else "cpu"
+
     def embedding_config(self) -> dict:
         """The provenance ``config`` block: fields that change what is stored."""
         d = {k: getattr(self, k) for k in self.EMBEDDING_FIELDS}
         d["compute_precision"] = self.compute_precision()
         if self.segment_windows != "equal":     # only when set: the default keeps every fingerprint
             d["segment_windows"] = self.segment_windows
-        if self.resize_on != "cpu":             # likewise
-            d["resize_on"] = self.resize_on
+        if self.compute_resize_on() != "cpu":   # likewise
+            d["resize_on"] = self.compute_resize_on()
         return d

@@ -42,7 +42,7 @@ def decode_spec(cfg: ExtractConfig, models: Models | None = None) -> DecodeSpec:
     from extractors.registry import get_backbone
     sr = get_backbone(cfg.audio_backbone).spec.sample_rate if cfg.audio_backbone else None
     size = get_backbone(cfg.face_backbone).spec.crop if cfg.face_backbone else None
-    return DecodeSpec(audio_sr=sr, face_size=size, frames=cfg.frames, resize_on=cfg.resize_on)
+    return DecodeSpec(audio_sr=sr, face_size=size, frames=cfg.frames, resize_on=cfg.compute_resize_on())
 
 
 def _failure(clip_id: str, stage: str, modality: str, err: BaseException | str) -> dict:

@@ -7,8 +7,8 @@ rounding: audio batches are zero-padded with the true lengths passed to the back
 channels_last face input (oneDNN is ~13 % faster with it on CPU too). On CUDA: bf16
 autocast (``precision="bf16"``), pinned host buffers and non-blocking copies; uint8 frames
 are normalised on the device, and resized there when handed over at the source size
-(``--resize-on device``: ``resize_faces``, torch's antialiased bilinear). On CPU: fp32, at most ``CPU_FACE_IMAGES`` images per face
-forward.
+(``--resize-on device``: ``resize_faces``, torch's antialiased bilinear). On CPU: fp32, at most
+``CPU_FACE_IMAGES`` images per face forward.
 
 A batch that raises is retried clip by clip, so one bad clip fails alone.
 """

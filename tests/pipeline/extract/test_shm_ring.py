@@ -11,6 +11,7 @@ import mmap
 import multiprocessing as mp
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def records(tmp_path_factory):
     bad = root / "bad"
     bad.mkdir()
     (bad / "empty.mp4").write_bytes(b"")
-    data = open(good[2].video_path, "rb").read()
+    data = Path(good[2].video_path).read_bytes()
     (bad / "cut.mp4").write_bytes(data[: len(data) // 2])
 
     def rec(name, **kw):
@@ -113,7 +114,7 @@ def test_nothing_left_in_dev_shm_after_end_exception_or_close(records):
     with pytest.raises(ZeroDivisionError):
         for k, _ in enumerate(iter_decoded(records, SPEC, num_workers=2, backend="process")):
             if k == 2:
-                1 / 0
+                raise ZeroDivisionError("the consumer fails")
     it = iter_decoded(records, SPEC, num_workers=2, backend="process")
     next(it)
     it.close()
