@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import mmap
 import os
+import time
 import traceback
 import weakref
 from collections import deque
@@ -191,8 +192,9 @@ def _attach(mm, slot, slot_bytes: int, clip, layout, free: deque):
 def _shutdown(procs, conns, tasks) -> None:
     for _ in procs:
         tasks.put(None)
+    deadline = time.monotonic() + 2.0     # idle workers exit at once; busy ones get 2 s in all
     for p in procs:
-        p.join(timeout=2.0)
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
     for p in procs:
         if p.is_alive():
             p.kill()
