@@ -70,7 +70,7 @@ def _resolve_device(device: str, remote: bool = False) -> str:
 @click.option("--resize-on", type=click.Choice(["auto", "cpu", "device"]), default="auto", show_default=True,
               help="Where video faces are resized to the backbone's crop: 'cpu' = PIL bilinear in the decode "
                    "workers; 'device' = the workers hand over the centre square at the source size (4x the "
-                   "bytes for VoxCeleb2's 224 -> 112; ~10% less decode CPU) and torch's antialiased bilinear "
+                   "bytes for VoxCeleb2's 224 -> 112; ~9% less decode CPU) and torch's antialiased bilinear "
                    "resizes it on --device (frame folders stay on the CPU); 'auto' = device on CUDA, cpu on "
                    "the CPU. Pixels differ by at most 1 level, embeddings by cosine > 0.9999 "
                    "(docs/BENCHMARKS.md); 'device' is recorded in the provenance.")
