@@ -54,18 +54,19 @@ SKIP_LOOP_FILTER = False
 
 
 def load_faces(video_path: str | Path | None = None, frames_dir: str | Path | None = None,
-               n_frames: int = 8, size: int = 112,
+               n_frames: int = 8, size: int | None = 112,
                seek_threshold_s: float = SEEK_THRESHOLD_S, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``n_frames`` evenly spaced face frames of a clip: ``(uint8 (F,3,size,size), valid bool (F,))``.
 
     Exactly one source is used: ``video_path`` (mp4, PyAV) if given, else ``frames_dir``
     (a folder of jpgs). Frames are RGB, centre-cropped to a square and resized to
-    ``size`` x ``size``. ``exact``: the reference video path (every frame decoded, PIL
+    ``size`` x ``size`` (videos: ``size=None`` keeps the crop at the source side, for a
+    resize on the device; frame folders need a size). ``exact``: the reference video path (every frame decoded, PIL
     resize) instead of the fast one (see the module docstring). Missing/empty sources, no
     video stream, corrupt files: ``DecodeError``.
     """
-    if n_frames < 1 or size < 1:
-        raise ValueError("n_frames and size must be >= 1")
+    if n_frames < 1 or (size is not None and size < 1) or (size is None and video_path is None):
+        raise ValueError("n_frames and size must be >= 1 (size=None only for a video)")
     if video_path is not None:
         return faces_from_video(str(video_path), n_frames, size, seek_threshold_s=seek_threshold_s, exact=exact)
     if frames_dir is not None:
@@ -132,10 +133,10 @@ def _rgb(frame, **kw) -> np.ndarray:
     return r.reformat(frame, format="rgb24", **kw).to_ndarray()
 
 
-def _face(frame, size: int, fast_resize: bool) -> np.ndarray:
+def _face(frame, size: int | None, fast_resize: bool) -> np.ndarray:
     """A decoded ``VideoFrame`` -> uint8 ``(3, size, size)``: one swscale call for square
     frames on the fast path, else full-size RGB + centre crop + PIL resize."""
-    if fast_resize and frame.width == frame.height:
+    if fast_resize and size is not None and frame.width == frame.height:
         a = _rgb(frame, width=size, height=size, interpolation=FAST_INTERPOLATION)
         return np.ascontiguousarray(a.transpose(2, 0, 1))
     return centre_crop_resize(_rgb(frame), size)
