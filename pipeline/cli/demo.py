@@ -80,10 +80,10 @@ def _extract(out: Path, report: dict):
 def _train(out: Path, cache_path: Path, report: dict, heads, epochs: int) -> Path:
     from fusion.checkpoint import load_head, save_head
     from fusion.recipes import CLIP_RECIPE
+    from fusion.registry import get_head
     from fusion.trainer import TrainConfig
     from pipeline.cache.reader import open_cache
     from pipeline.core.config import fingerprint
-    from fusion.registry import get_head
     from pipeline.train.run import checkpoint_meta, train_head
     cache = open_cache(cache_path)
     runs = out / "runs"

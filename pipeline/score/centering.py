@@ -27,7 +27,7 @@ The source has ``--cohort``'s syntax (``SPLIT`` of the scored cache, ``CACHE`` o
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -63,7 +63,7 @@ def mean_from_cache(src, modality: str, *, window: int = 65536,
         total += x.sum(axis=0, dtype=np.float64)
         if progress is not None:
             progress(j - i)
-    return (total / len(rows)).astype(np.float32), int(len(rows))
+    return (total / len(rows)).astype(np.float32), len(rows)
 
 
 def mean_from_head(src, head, use: tuple[str, ...], *, batch_size: int = 4096,
@@ -82,7 +82,7 @@ def mean_from_head(src, head, use: tuple[str, ...], *, batch_size: int = 4096,
         total = s if total is None else total + s
         if progress is not None:
             progress(len(x))
-    return (total / len(rows)).astype(np.float32), int(len(rows))
+    return (total / len(rows)).astype(np.float32), len(rows)
 
 
 def embedding_means(src, mode: str, *, head=None, batch_size: int = 4096,
