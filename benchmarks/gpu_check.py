@@ -170,6 +170,15 @@ def sec_decode(ctx) -> dict:
             "cpu_ms_per_clip": 1e3 * (a + v) / n}
 
 
+def sec_nvdec(ctx) -> dict:
+    """H.264 on NVDEC vs the software decoder (``benchmarks/nvdec_check.py``); on the CPU: why not."""
+    from benchmarks.nvdec_check import measure
+    from data_manifests.manifest import read_manifest
+    recs = read_manifest(ctx.manifest)[:min(ctx.s.decode_sample, 24)]
+    return measure([str(r.video_path) for r in recs], repeats=2, procs=min(16, os.cpu_count() or 1),
+                   per_proc=32 if ctx.cuda else 2)
+
+
 def sec_extract(ctx) -> dict:
     from pipeline.extract.run import run_extract
     cfg = cfg_for(ctx.s, ctx.device, num_workers=ctx.decode_workers)
@@ -359,7 +368,8 @@ def main(argv=None) -> int:
 
     try:
         run("media", media)
-        for name, fn in (("decode", sec_decode), ("handoff", sec_handoff), ("resize", sec_resize),
+        for name, fn in (("decode", sec_decode), ("nvdec", sec_nvdec), ("handoff", sec_handoff),
+                         ("resize", sec_resize),
                          ("extract", sec_extract), ("gpu_bound", sec_gpu_bound),
                          ("dask", sec_dask), ("fusion", sec_fusion), ("scoring", sec_scoring)):
             run(name, lambda fn=fn: fn(ctx))

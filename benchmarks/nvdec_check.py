@@ -96,7 +96,9 @@ def _decode_many(args: tuple[list[str], bool]) -> int:
 
 def _clips_per_s(paths: list[str], hw: bool, procs: int, per_proc: int) -> float:
     work = [(paths * (-(-per_proc // len(paths))))[:per_proc] for _ in range(procs)]
-    with ProcessPoolExecutor(procs) as pool:
+    import multiprocessing as mp
+    # spawn: the parent may hold a CUDA context already, which forked children cannot use
+    with ProcessPoolExecutor(procs, mp_context=mp.get_context("spawn")) as pool:
         list(pool.map(_decode_many, [(paths[:1], hw)] * procs))  # start and warm every process
         t0 = time.perf_counter()
         n = sum(pool.map(_decode_many, [(w, hw) for w in work]))

@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.gpu_check import DURATION_QUANTILES, QUANTILE_LEVELS, durations  # noqa: E402
 from benchmarks.gpu_check_report import KEYS, VOX2_MEAN_S  # noqa: E402
 
-ROWS = ("media", "decode audio + faces", "hand-off to the main process, faces 112",
+ROWS = ("media", "decode audio + faces", "H.264 on NVDEC vs CPU decoder", "hand-off to the main process, faces 112",
         "hand-off to the main process, faces 224", "decode faces, resize on device vs cpu",
         "face backbone, resize on device vs cpu", "host->device, face batch 224", "extract end to end",
         "backbones only, bf16", "backbones only, fp32",
@@ -47,6 +47,8 @@ def test_dry_run_json_has_every_section_with_numbers(dry):
     assert res["media"]["clips"] == s["clips"] and res["media"]["mp4_kbps"] > 50
     d = res["decode"]
     assert d["clips"] == s["decode_sample"] and 0 < d["audio_cpu_ms_per_clip"] < d["cpu_ms_per_clip"]
+    nv = res["nvdec"]                                         # no CUDA here: not measured, and why
+    assert nv["available"] is False and nv["reason"] and "cpu_ms_per_clip" not in nv
     h = res["handoff"]
     for size in ("112", "224"):
         assert h[size]["parent_ms"]["ring"] > 0 and h[size]["parent_ms"]["pickle"] > 0
