@@ -119,18 +119,23 @@ def faces_from_video(video_path: str, n_frames: int, size: int, *, seek_threshol
 
 
 _LOCAL = threading.local()
+# a forked decode worker must not reuse its parent's reformatter (shm_ring forks them)
+os.register_at_fork(after_in_child=lambda: _LOCAL.__dict__.clear())
 
 
 def _rgb(frame, **kw) -> np.ndarray:
-    """``frame.to_ndarray(format="rgb24", **kw)`` through one swscale context per thread.
-    PyAV's ``to_ndarray(format=...)`` builds a new reformatter (and swscale context) for
-    every frame; reusing one gives the same pixels (same conversion parameters, swscale's
-    cached context) for ~4 CPU-ms less per VoxCeleb2 clip (``benchmarks/decode_floor.py``)."""
+    """``frame.to_ndarray(format="rgb24", **kw)`` through one swscale context per thread,
+    with one swscale thread. PyAV's ``to_ndarray(format=...)`` builds a new reformatter (and
+    swscale context, with a slice thread per core) for every frame; reusing one single-threaded
+    context gives the same pixels (same conversion parameters) for ~3 CPU-ms less per
+    VoxCeleb2 clip (``benchmarks/decode_floor.py``). Single-threaded also because swscale's
+    slice threads do not survive ``fork``: a context inherited by a forked worker hangs when it
+    is reconfigured (``tests/extractors/media/test_decode_fast.py``)."""
     from av.video.reformatter import VideoReformatter
     r = getattr(_LOCAL, "reformatter", None)
     if r is None:
         r = _LOCAL.reformatter = VideoReformatter()
-    return r.reformat(frame, format="rgb24", **kw).to_ndarray()
+    return r.reformat(frame, format="rgb24", threads=1, **kw).to_ndarray()
 
 
 def _face(frame, size: int | None, fast_resize: bool) -> np.ndarray:

@@ -133,3 +133,37 @@ def test_shared_reformatter_gives_pyavs_pixels(clips, tmp_path):
     t.start()
     t.join()
     assert len(main) == len(other) > 2 * (75 + 6) and all(main) and all(other)
+
+
+def test_shared_reformatter_survives_fork(clips, tmp_path):
+    """A decode worker forked after the parent converted frames (``shm_ring`` forks its
+    workers) converts frames of another size without hanging: swscale slice threads of an
+    inherited context would wait forever for threads the child does not have."""
+    import os
+    import time
+
+    import av
+
+    from extractors.media.video import _rgb
+    odd = _odd_sized_mp4(tmp_path / "odd.mp4")
+    with av.open(clips[-1]) as c:
+        _rgb(next(c.decode(video=0)))          # the parent's context, at 224 x 224
+    pid = os.fork()
+    if pid == 0:                               # child: another size, then exit without cleanup
+        code = 1
+        try:
+            with av.open(odd) as c:
+                code = 0 if _rgb(next(c.decode(video=0))).shape == (64, 96, 3) else 3
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise AssertionError("the forked child hung converting a frame")
+    assert os.waitstatus_to_exitcode(status) == 0
