@@ -39,8 +39,8 @@ test: install-dev  ## run the test suite (CPU only, no network)
 test-quality: install-dev  ## the fusion quality gates with their EER table, the masking gate on a second corpus included
 	AVFUSE_SLOW_GATES=1 $(BIN)/python -m pytest -q -s tests/fusion/test_quality.py
 
-bench: install  ## run the CPU benchmarks (see docs/BENCHMARKS.md); benchmarks/*_speed.py and extract_*.py
-	for b in benchmarks/*_speed.py benchmarks/extract_*.py; do $(BIN)/python $$b || exit 1; done
+bench: install  ## run the CPU benchmarks (see docs/BENCHMARKS.md); benchmarks/*_speed.py, decode_floor.py and extract_*.py
+	for b in benchmarks/*_speed.py benchmarks/decode_floor.py benchmarks/extract_*.py; do $(BIN)/python $$b || exit 1; done
 
 gpu-check: install  ## the prepared GPU check (docs/gpu-check.md); without CUDA its dry mode on the CPU
 	$(BIN)/python benchmarks/gpu_check.py --out bench_out/gpu_check

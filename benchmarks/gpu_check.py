@@ -8,8 +8,12 @@ Writes ``gpu_check.json`` and ``gpu_check.md`` (one table) into ``--out``. Measu
    a pool of distinct clips hard-linked under many real-looking names; manifest by ``avfuse
    manifest``'s default path (no header probes).
 2. **decode**: CPU-ms per clip (``time.process_time``, all threads) of ``load_audio`` and
-   ``load_faces`` exactly as ``avfuse extract`` calls them; the decode-bound projection.
-3. **extract**: ``run_extract`` end to end (decode worker processes, ``ecapa_tdnn`` C=1024 +
+   ``load_faces`` as ``avfuse extract --resize-on cpu`` calls them; the decode-bound projection.
+   **handoff**, **resize**: the main process's CPU per clip receiving decoded clips (pickled vs
+   the shared-memory ring), ``--resize-on device`` vs ``cpu`` (decode CPU, backbone clips/s,
+   cosine) and pageable / pinned host->device copies (``benchmarks/gpu_check_handoff.py``).
+3. **extract**: ``run_extract`` end to end (decode worker processes, ``--resize-on auto`` =
+   device on CUDA, ``ecapa_tdnn`` C=1024 +
    ``iresnet100``, random weights: same FLOPs as trained ones), clips/s and GPU busy share
    (``torch.cuda.utilization`` / ``nvidia-smi`` sampled every 0.2 s).
 4. **gpu_bound**: the backbones alone (``embed_shard`` on clips decoded beforehand), bf16 and
@@ -47,6 +51,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.gpu_check_handoff import sec_handoff, sec_resize  # noqa: E402
 from benchmarks.gpu_check_report import Busy, markdown, projections  # noqa: E402
 from benchmarks.train_speed import VOX2_CLIPS, VOX2_IDS  # noqa: E402
 
@@ -165,6 +170,15 @@ def sec_decode(ctx) -> dict:
             "cpu_ms_per_clip": 1e3 * (a + v) / n}
 
 
+def sec_nvdec(ctx) -> dict:
+    """H.264 on NVDEC vs the software decoder (``benchmarks/nvdec_check.py``); on the CPU: why not."""
+    from benchmarks.nvdec_check import measure
+    from data_manifests.manifest import read_manifest
+    recs = read_manifest(ctx.manifest)[:min(ctx.s.decode_sample, 24)]
+    return measure([str(r.video_path) for r in recs], repeats=2, procs=min(16, os.cpu_count() or 1),
+                   per_proc=32 if ctx.cuda else 2)
+
+
 def sec_extract(ctx) -> dict:
     from pipeline.extract.run import run_extract
     cfg = cfg_for(ctx.s, ctx.device, num_workers=ctx.decode_workers)
@@ -173,7 +187,7 @@ def sec_extract(ctx) -> dict:
     st = sm.stats
     return {"clips": sm.clips_computed, "seconds": sm.seconds, "clips_per_s": sm.clips_per_s,
             "gpu_busy_share": b.share, "decode_workers": cfg.num_workers, "batch_size": cfg.batch_size,
-            "precision": cfg.compute_precision(), "failed_clips": sm.failed_clips,
+            "precision": cfg.compute_precision(), "resize_on": cfg.compute_resize_on(), "failed_clips": sm.failed_clips,
             "backbone_seconds": st.compute_seconds, "wait_for_decode_seconds": st.wait_seconds}
 
 
@@ -354,7 +368,9 @@ def main(argv=None) -> int:
 
     try:
         run("media", media)
-        for name, fn in (("decode", sec_decode), ("extract", sec_extract), ("gpu_bound", sec_gpu_bound),
+        for name, fn in (("decode", sec_decode), ("nvdec", sec_nvdec), ("handoff", sec_handoff),
+                         ("resize", sec_resize),
+                         ("extract", sec_extract), ("gpu_bound", sec_gpu_bound),
                          ("dask", sec_dask), ("fusion", sec_fusion), ("scoring", sec_scoring)):
             run(name, lambda fn=fn: fn(ctx))
     finally:

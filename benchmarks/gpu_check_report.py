@@ -12,12 +12,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.gpu_check_handoff import rows as handoff_rows  # noqa: E402
 from benchmarks.train_speed import VOX2_CLIPS  # noqa: E402
 
 VOX2_MEAN_S = 7.7807  # mean clip length of vox2_dev_duration.txt.gz
 #: the top-level keys of gpu_check.json (tests/test_gpu_check.py checks them)
-KEYS = ("mode", "machine", "sizes", "media", "decode", "extract", "gpu_bound", "dask", "fusion", "scoring",
-        "projections", "seconds")
+KEYS = ("mode", "machine", "sizes", "media", "decode", "nvdec", "handoff", "resize", "extract", "gpu_bound", "dask",
+        "fusion", "scoring", "projections", "seconds")
 
 
 class Busy:
@@ -91,8 +92,15 @@ def markdown(res: dict) -> str:
         ("decode audio + faces", _f(g("decode", "cpu_ms_per_clip")), "CPU-ms/clip",
          f"audio {_f(g('decode', 'audio_cpu_ms_per_clip'))}, video {_f(g('decode', 'video_cpu_ms_per_clip'))} "
          f"({_f(g('sizes', 'frames'), 0)} frames)"),
+        ("H.264 on NVDEC vs CPU decoder", _f(g("nvdec", "cpu_ms_per_clip", "nvdec")), "CPU-ms/clip",
+         f"software {_f(g('nvdec', 'cpu_ms_per_clip', 'software'))}; clips/s nvdec "
+         f"{_f(g('nvdec', 'clips_per_s', 'nvdec'))} / software {_f(g('nvdec', 'clips_per_s', 'software'))}; "
+         f"pixels equal {_f(g('nvdec', 'pixels_equal_clips'), 0)}/{_f(g('nvdec', 'clips'), 0)}"
+         + (f" (not measured: {g('nvdec', 'reason')})" if g("nvdec", "reason") else "")),
+        *handoff_rows(g, _f),
         ("extract end to end", _f(g("extract", "clips_per_s")), "clips/s",
-         f"GPU busy {_f(g('extract', 'gpu_busy_share'), 2)}, {_f(g('extract', 'decode_workers'), 0)} decode procs"),
+         f"GPU busy {_f(g('extract', 'gpu_busy_share'), 2)}, {_f(g('extract', 'decode_workers'), 0)} decode procs, "
+         f"resize on {_f(g('extract', 'resize_on'))}"),
         ("backbones only, bf16", _f(g("gpu_bound", "bf16", "clips_per_s")), "clips/s",
          f"GPU busy {_f(g('gpu_bound', 'bf16', 'gpu_busy_share'), 2)}"),
         ("backbones only, fp32", _f(g("gpu_bound", "fp32", "clips_per_s")), "clips/s", ""),

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from fusion.checkpoint_schema import check_blob, check_config, check_parameter_count
-from fusion.registry import build_head
+from fusion.registry import build_head, get_head
 from pipeline.core.errors import HeadError
 from pipeline.core.fsio import atomic_write_bytes
 from pipeline.core.safeload import load_weights_only
@@ -58,6 +58,9 @@ def load_head(path: str | Path, device: str = "cpu"):
     name, config, meta, state = check_blob(blob, path)
     audio_dim, face_dim, options = check_config(config, path)
     try:
+        # an option added after the checkpoint was written: the value its head was built with then
+        for k, v in (getattr(get_head(name).cls, "legacy_defaults", None) or {}).items():
+            options.setdefault(k, v)
         check_parameter_count(lambda: build_head(name, audio_dim, face_dim, **options), path)
         head = build_head(name, audio_dim, face_dim, **options)
     except HeadError as e:

@@ -21,7 +21,10 @@ sys.path.insert(0, str(REPO))
 from benchmarks.gpu_check import DURATION_QUANTILES, QUANTILE_LEVELS, durations  # noqa: E402
 from benchmarks.gpu_check_report import KEYS, VOX2_MEAN_S  # noqa: E402
 
-ROWS = ("media", "decode audio + faces", "extract end to end", "backbones only, bf16", "backbones only, fp32",
+ROWS = ("media", "decode audio + faces", "H.264 on NVDEC vs CPU decoder", "hand-off to the main process, faces 112",
+        "hand-off to the main process, faces 224", "decode faces, resize on device vs cpu",
+        "face backbone, resize on device vs cpu", "host->device, face batch 224", "extract end to end",
+        "backbones only, bf16", "backbones only, fp32",
         "bf16 vs fp32 cosine, audio/face min", "VoxCeleb2 dev, decode-bound", "VoxCeleb2 dev, GPU-bound",
         "VoxCeleb2 dev, end to end", "Dask, 1 GPU worker", "fusion epoch mlp", "fusion epoch dca", "Vox1-E scoring")
 
@@ -44,8 +47,20 @@ def test_dry_run_json_has_every_section_with_numbers(dry):
     assert res["media"]["clips"] == s["clips"] and res["media"]["mp4_kbps"] > 50
     d = res["decode"]
     assert d["clips"] == s["decode_sample"] and 0 < d["audio_cpu_ms_per_clip"] < d["cpu_ms_per_clip"]
+    nv = res["nvdec"]                                         # no CUDA here: not measured, and why
+    assert nv["available"] is False and nv["reason"] and "cpu_ms_per_clip" not in nv
+    h = res["handoff"]
+    for size in ("112", "224"):
+        assert h[size]["parent_ms"]["ring"] > 0 and h[size]["parent_ms"]["pickle"] > 0
+    rz = res["resize"]
+    assert rz["clips"] == s["decode_sample"] and rz["decode_cpu_ms"]["device"] > 0
+    assert rz["device_clips_per_s"] > 0 and rz["cpu_clips_per_s"] > 0
+    assert 0.99 < rz["clip_cos"]["min"] <= 1.0 + 1e-6 and 0.99 < rz["frame_cos"]["min"] <= 1.0 + 1e-6
+    for way in ("pageable", "pinned per batch", "reused pinned buffer"):
+        assert rz["copy_224"][way]["gb_per_s"] > 0
     e = res["extract"]
     assert e["clips"] == s["clips"] and e["failed_clips"] == 0 and e["clips_per_s"] > 0
+    assert e["resize_on"] == "cpu"                            # --resize-on auto on the CPU
     assert e["gpu_busy_share"] is None                        # no GPU: not sampled, not made up
     g = res["gpu_bound"]
     assert g["bf16"]["clips_per_s"] > 0 and g["fp32"]["clips_per_s"] > 0

@@ -72,14 +72,15 @@ def frame_indices(n: int, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, valid
 
 
-def centre_crop_resize(img: np.ndarray, size: int) -> np.ndarray:
+def centre_crop_resize(img: np.ndarray, size: int | None) -> np.ndarray:
     """uint8 RGB ``(H, W, 3)`` -> centre square crop resized to ``size`` x ``size``, as
-    uint8 ``(3, size, size)``. PIL bilinear (antialiased when shrinking), one thread."""
+    uint8 ``(3, size, size)``. PIL bilinear (antialiased when shrinking), one thread.
+    ``size=None``: the crop only, at the source side (resized later, on the device)."""
     from PIL import Image
     h, w = img.shape[:2]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    if side == size:
+    if size is None or side == size:
         out = img[top:top + side, left:left + side]
     else:
         out = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize(

@@ -17,7 +17,9 @@ Two paths give the ``F`` frames of ``extractors.media.decode_common.frame_indice
      it leaves every other decoded frame **bit-identical**;
   4. the wanted frames are converted and resized as on the exact path (full-size RGB,
      centre crop, PIL bilinear), so the fast path returns the **same pixels** as the exact
-     one (``tests/extractors/test_decode_fast.py`` checks it, and the embeddings);
+     one (``tests/extractors/test_decode_fast.py`` checks it, and the embeddings); on both
+     paths the RGB conversion reuses one swscale context per thread (``_rgb``: PyAV's
+     ``to_ndarray(format=...)`` builds one per frame; same pixels, ~3 ms less per clip);
   5. one decoder thread (frame threads cost ~50 % more CPU per clip here; run decode
      processes for parallelism, as ``avfuse extract`` does).
 
@@ -34,6 +36,7 @@ Two paths give the ``F`` frames of ``extractors.media.decode_common.frame_indice
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -51,18 +54,19 @@ SKIP_LOOP_FILTER = False
 
 
 def load_faces(video_path: str | Path | None = None, frames_dir: str | Path | None = None,
-               n_frames: int = 8, size: int = 112,
+               n_frames: int = 8, size: int | None = 112,
                seek_threshold_s: float = SEEK_THRESHOLD_S, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``n_frames`` evenly spaced face frames of a clip: ``(uint8 (F,3,size,size), valid bool (F,))``.
 
     Exactly one source is used: ``video_path`` (mp4, PyAV) if given, else ``frames_dir``
     (a folder of jpgs). Frames are RGB, centre-cropped to a square and resized to
-    ``size`` x ``size``. ``exact``: the reference video path (every frame decoded, PIL
+    ``size`` x ``size`` (videos: ``size=None`` keeps the crop at the source side, for a
+    resize on the device; frame folders need a size). ``exact``: the reference video path (every frame decoded, PIL
     resize) instead of the fast one (see the module docstring). Missing/empty sources, no
     video stream, corrupt files: ``DecodeError``.
     """
-    if n_frames < 1 or size < 1:
-        raise ValueError("n_frames and size must be >= 1")
+    if n_frames < 1 or (size is not None and size < 1) or (size is None and video_path is None):
+        raise ValueError("n_frames and size must be >= 1 (size=None only for a video)")
     if video_path is not None:
         return faces_from_video(str(video_path), n_frames, size, seek_threshold_s=seek_threshold_s, exact=exact)
     if frames_dir is not None:
@@ -114,13 +118,33 @@ def faces_from_video(video_path: str, n_frames: int, size: int, *, seek_threshol
     return np.stack(frames), valid
 
 
-def _face(frame, size: int, fast_resize: bool) -> np.ndarray:
+_LOCAL = threading.local()
+# a forked decode worker must not reuse its parent's reformatter (shm_ring forks them)
+os.register_at_fork(after_in_child=lambda: _LOCAL.__dict__.clear())
+
+
+def _rgb(frame, **kw) -> np.ndarray:
+    """``frame.to_ndarray(format="rgb24", **kw)`` through one swscale context per thread,
+    with one swscale thread. PyAV's ``to_ndarray(format=...)`` builds a new reformatter (and
+    swscale context, with a slice thread per core) for every frame; reusing one single-threaded
+    context gives the same pixels (same conversion parameters) for ~3 CPU-ms less per
+    VoxCeleb2 clip (``benchmarks/decode_floor.py``). Single-threaded also because swscale's
+    slice threads do not survive ``fork``: a context inherited by a forked worker hangs when it
+    is reconfigured (``tests/extractors/media/test_decode_fast.py``)."""
+    from av.video.reformatter import VideoReformatter
+    r = getattr(_LOCAL, "reformatter", None)
+    if r is None:
+        r = _LOCAL.reformatter = VideoReformatter()
+    return r.reformat(frame, format="rgb24", threads=1, **kw).to_ndarray()
+
+
+def _face(frame, size: int | None, fast_resize: bool) -> np.ndarray:
     """A decoded ``VideoFrame`` -> uint8 ``(3, size, size)``: one swscale call for square
     frames on the fast path, else full-size RGB + centre crop + PIL resize."""
-    if fast_resize and frame.width == frame.height:
-        a = frame.to_ndarray(width=size, height=size, format="rgb24", interpolation=FAST_INTERPOLATION)
+    if fast_resize and size is not None and frame.width == frame.height:
+        a = _rgb(frame, width=size, height=size, interpolation=FAST_INTERPOLATION)
         return np.ascontiguousarray(a.transpose(2, 0, 1))
-    return centre_crop_resize(frame.to_ndarray(format="rgb24"), size)
+    return centre_crop_resize(_rgb(frame), size)
 
 
 # ----------------------------------------------------------------------------- fast path
@@ -196,7 +220,7 @@ def _pick(frames, n: int, n_frames: int):
     for i, frame in enumerate(frames):
         count = i + 1
         if i in want:
-            got[i] = frame.to_ndarray(format="rgb24")
+            got[i] = _rgb(frame)
         if i >= last:
             return [got[j] for j in idx.tolist()], valid
     return None, count

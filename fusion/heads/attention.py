@@ -36,6 +36,12 @@ per-segment / per-frame sequences (S audio steps, F face steps, S = F = 8 by def
 5. ``pooling="joint"``: per-step concatenation [Y_A,t ; Y_V,t] (704), one attentive
    statistics pooling over the steps valid in either modality (-> 1408), Linear -> ``dim``
    (512): the identity embedding (cosine scoring).
+6. Initialisation, ``init="xavier"`` (the authors' ``CAM.init_weights``, ``dca_cam.py:56-78``):
+   every Linear / Conv weight of the encoders, the sublayers and the gates xavier-uniform (gain 1),
+   biases zero; the LSTM weights, the pooling and the output Linear keep PyTorch's init (the
+   authors build ASP and Linear(1408, 512) outside CAM, ``trainer.py:38-50``). ``init="torch"``:
+   PyTorch's defaults everywhere (avfuse's earlier default, and that of checkpoints written
+   before the option existed).
 
 Options that give avfuse's earlier variants (each can be swept on its own with
 ``avfuse ablate --sweep dca.FIELD=...``): ``formulation="softmax"`` (multi-head scaled
@@ -61,6 +67,7 @@ from fusion.heads.attention_layers import (
     CorrelationSublayer,
     CrossAttention,
     TemporalEncoder,
+    xavier_init,
 )
 from fusion.heads.base import FIT_ROWS, FusionHead, _need, spaced_rows
 from fusion.recipes import DCA_RECIPE
@@ -72,6 +79,7 @@ FORMULATIONS = ("corr", "softmax")
 POOLINGS = ("joint", "separate")
 GATE_INPUTS = ("att", "x_and_att")
 INPUT_NORMS = ("l2", "standardize")
+INITS = ("xavier", "torch")
 SOFTMAX_D_MODEL = 256       # the common width of formulation="softmax" / conv / gru when d_model is 0
 
 
@@ -92,17 +100,19 @@ class CrossAttentionHead(FusionHead):
     needs_sequences = True
     default_margin = 0.4      # 2403.04661 / the authors' trainer.py:57 + run_train.sh:33-34: m = 0.4, s = 64
     default_scale = 64.0
+    legacy_defaults = {"init": "torch"}   # checkpoints written before `init` existed were built with it
 
     def __init__(self, *, audio_dim: int, face_dim: int, attention: str = "joint", gate: bool = True,
                  temperature: float = 0.1, formulation: str = "corr", encoder: str = "lstm",
                  pooling: str = "joint", gate_input: str = "att", gate_relu: bool = True,
                  input_norm: str = "l2", d_model: int = 0, layers: int = 2, iterations: int = 1,
                  steps: int = 8, n_heads: int = 4, dim: int = 512, dropout: float = 0.1,
-                 att_dropout: float = 0.6):
+                 att_dropout: float = 0.6, init: str = "xavier"):
         super().__init__(audio_dim=audio_dim, face_dim=face_dim)
         for name, value, allowed in (("attention", attention, ATTENTIONS), ("formulation", formulation, FORMULATIONS),
                                      ("encoder", encoder, ENCODERS), ("pooling", pooling, POOLINGS),
-                                     ("gate_input", gate_input, GATE_INPUTS), ("input_norm", input_norm, INPUT_NORMS)):
+                                     ("gate_input", gate_input, GATE_INPUTS), ("input_norm", input_norm, INPUT_NORMS),
+                                     ("init", init, INITS)):
             _choice(name, value, allowed)
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
@@ -146,6 +156,9 @@ class CrossAttentionHead(FusionHead):
             self.filler_a = nn.Parameter(torch.zeros(2 * wa))
             self.filler_v = nn.Parameter(torch.zeros(2 * wv))
         self.out = nn.Linear(2 * (wa + wv), dim)
+        if init == "xavier":   # the authors' CAM.init_weights: encoders, sublayers, gates; not ASP or out
+            for part in (self.enc_a, self.enc_v, self.sublayers, *((self.gate_a, self.gate_v) if self.gate else ())):
+                part.apply(xavier_init)
         self.last_gates: dict[str, torch.Tensor] = {}
 
     @property

@@ -40,6 +40,16 @@ from fusion.heads.base import InputNorm
 ENCODERS = ("lstm", "conv", "gru")
 
 
+def xavier_init(m: nn.Module) -> None:
+    """The DCA authors' ``init_weights`` (``dca_cam.py:56-78``) for one module (use with ``.apply``):
+    a Linear or Conv weight xavier-uniform (gain 1), its bias zero; anything else (LSTM, LayerNorm,
+    free parameters) left as it is."""
+    if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
+        nn.init.xavier_uniform_(m.weight, gain=1.0)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
     """Softmax over ``dim`` restricted to ``mask``; all-masked slices give all-zero weights."""
     any_valid = mask.any(dim=dim, keepdim=True)

@@ -80,6 +80,7 @@ def _extract(out: Path, report: dict):
 def _train(out: Path, cache_path: Path, report: dict, heads, epochs: int) -> Path:
     from fusion.checkpoint import load_head, save_head
     from fusion.recipes import CLIP_RECIPE
+    from fusion.registry import get_head
     from fusion.trainer import TrainConfig
     from pipeline.cache.reader import open_cache
     from pipeline.core.config import fingerprint
@@ -96,9 +97,11 @@ def _train(out: Path, cache_path: Path, report: dict, heads, epochs: int) -> Pat
         path = runs / f"{name}.pt"
         if path.exists():
             try:
-                _, meta = load_head(path)
+                old, meta = load_head(path)
+                want = {**get_head(name).options(), **cfg.head_options}   # today's defaults included
                 if (meta.get("cache_fingerprint") == cache.fingerprint
-                        and fingerprint(meta.get("train_config")) == fingerprint(cfg)):
+                        and fingerprint(meta.get("train_config")) == fingerprint(cfg)
+                        and all(old.config.get(k) == v for k, v in want.items())):
                     click.echo(f"    {name:16s} reusing {path}", err=True)
                     continue
             except Exception:  # noqa: BLE001 - an unreadable old checkpoint is simply retrained

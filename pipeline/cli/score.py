@@ -10,6 +10,7 @@ the sidecar ``scores.tsv.json``::
      "head": null | {"path", "sha256", "name", "config_fingerprint", "cache_fingerprint"},
      "norm": {"method", "cohort", "cohort_cache", "cohort_cache_fingerprint", "cohort_split",
               "top_k", "cohort_speakers"},
+     "mean_sub": null | {"source", "cache", "cache_fingerprint", "split", "clips", "mean_norm"},
      "skip_missing", "force",
      "counts": {"n_trials_in_list", "n_scored", "n_skipped", "n_skipped_missing",
                 "n_skipped_unscorable", "n_utterances_missing", "n_embedded", "n_target", "n_nontarget"},
@@ -18,7 +19,8 @@ the sidecar ``scores.tsv.json``::
 
 ``config_fingerprint`` (``pipeline.core.config.fingerprint``) covers what determines
 the scores: cache fingerprint, trials sha256, mode, head sha256, norm settings
-(with the cohort cache fingerprint and split) and ``skip_missing``.
+(with the cohort cache fingerprint and split), ``skip_missing`` and, when on, ``--mean-sub``'s
+cache fingerprint and split.
 """
 
 from __future__ import annotations
@@ -62,6 +64,13 @@ def _head_info(path: str, head, meta: dict) -> dict:
 @click.option("--cohort", default=None, metavar="SPLIT|CACHE[:SPLIT]",
               help="Cohort for --norm: a split of this cache (e.g. 'train'), another cache, or "
                    "CACHE:SPLIT. One mean embedding per speaker.")
+@click.option("--mean-sub", "mean_sub", default=None, metavar="SPLIT|CACHE[:SPLIT]",
+              help="Subtract the mean embedding of this source (--cohort's syntax; WeSpeaker uses its "
+                   "training set, vox2_dev) from every embedding before cosine scoring and before the "
+                   "--norm cohort scores (cohort clips too). One mean per scored embedding space: per "
+                   "modality of the raw backbone embeddings without --head (over the clips that have it), "
+                   "per side's modalities of the head's output with --head (before L2 normalisation). "
+                   "Off by default.")
 @click.option("--top-k", type=click.IntRange(min=1), default=300, show_default=True,
               help="AS-norm: cohort scores kept per utterance (the k best).")
 @click.option("--skip-missing", is_flag=True,
@@ -75,7 +84,7 @@ def _head_info(path: str, head, meta: dict) -> dict:
 @click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Utterances per head batch.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary.")
-def score_cmd(cache_path, trials_paths, mode, head_path, norm, cohort, top_k, skip_missing, force,
+def score_cmd(cache_path, trials_paths, mode, head_path, norm, cohort, mean_sub, top_k, skip_missing, force,
               out_paths, batch_size, quiet):
     """Score a trial list from the embedding cache.
 
@@ -97,7 +106,8 @@ def score_cmd(cache_path, trials_paths, mode, head_path, norm, cohort, top_k, sk
     from pipeline.score.engine import check_scored, score_from_cache
     from pipeline.score.files import sidecar_path, write_scores
 
-    inputs = [cache_path, *trials_paths, head_path, *(cohort.rsplit(":", 1) if cohort else ())]
+    inputs = [cache_path, *trials_paths, head_path, *(cohort.rsplit(":", 1) if cohort else ()),
+              *(mean_sub.rsplit(":", 1) if mean_sub else ())]
     for op in out_paths:
         check_output(op, inputs, also=[sidecar_path(op)])
     if norm != "none" and not cohort:
@@ -119,7 +129,7 @@ def score_cmd(cache_path, trials_paths, mode, head_path, norm, cohort, top_k, sk
         from pipeline.score.multi import score_lists
         done = score_lists(cache, trials_paths, out_paths, mode, head=head, head_meta=meta, head_info=head_info,
                            norm=norm, cohort=cohort, top_k=top_k, skip_missing=skip_missing, force=force,
-                           batch_size=batch_size, progress=not quiet)
+                           batch_size=batch_size, progress=not quiet, mean_sub=mean_sub)
         for tp, op, sc in ([] if quiet else done):
             m = compute_metrics(sc.scores, sc.labels) if sc.labeled and 0 < sc.labels.sum() < len(sc) else None
             click.echo(f"{tp}: {len(sc):,} trials -> {op}" + (f"  {_format_metrics(m)}" if m else ""))
@@ -128,7 +138,7 @@ def score_cmd(cache_path, trials_paths, mode, head_path, norm, cohort, top_k, sk
     trials = read_trials(trials_path)
     result = score_from_cache(cache, trials, mode, head=head, head_meta=meta, norm=norm, cohort=cohort,
                               top_k=top_k, skip_missing=skip_missing, force=force, batch_size=batch_size,
-                              progress=not quiet)
+                              progress=not quiet, mean_sub=mean_sub)
     check_scored(result, trials, head is not None)   # 0 scored or a NaN score: nothing is written
     sidecar = build_sidecar(cache=cache, trials=trials, trials_sha=sha256_file(trials_path), mode=mode,
                             result=result, head_info=head_info, skip_missing=skip_missing, force=force)
@@ -139,6 +149,7 @@ def score_cmd(cache_path, trials_paths, mode, head_path, norm, cohort, top_k, sk
     msg = f"scored {c['n_scored']:,} of {c['n_trials_in_list']:,} trials ({mode}"
     msg += f", head {head_info['name']}" if head_info else ""
     msg += f", {norm}" if norm != "none" else ""
+    msg += f", mean-sub {mean_sub}" if mean_sub else ""
     msg += f") -> {out_path}"
     click.echo(msg)
     if c["n_skipped"]:

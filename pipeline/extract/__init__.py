@@ -1,7 +1,8 @@
 """Stage 1 orchestration: run frozen backbones over a manifest into an embedding cache.
 
 ``config`` (``ExtractConfig``), ``models`` (backbones once per process), ``decode_pool``
-(clips to arrays, in worker processes), ``embed`` (batched backbone passes), ``shard``
+(clips to arrays, in worker processes), ``shm_ring`` (those processes' hand-off through
+shared memory), ``embed`` (batched backbone passes), ``shard``
 (one shard's clips end to end), ``run`` (the resumable single-process run) and
 ``dask/`` (the same work on a Dask cluster: ``cluster``, ``worker``, ``driver``).
 """

@@ -11,6 +11,7 @@ DTYPES = ("float16", "float32")
 
 PRECISIONS = ("auto", "fp32", "bf16")
 SEGMENT_WINDOWS = ("equal", "centre")     # extractors.windows.WINDOW_MODES
+RESIZE_ON = ("auto", "cpu", "device")
 
 
 @dataclass
@@ -22,7 +23,10 @@ class ExtractConfig:
     frames`` images per batch, on CPU at most 8), ``num_workers`` (decode processes or
     threads) and ``device`` do not; ``precision`` does, through ``compute_precision()``;
     ``segment_windows`` (``centre``: the DCA authors' windows, ``extractors.windows``) does,
-    recorded only when not the default ``equal``, so existing caches keep their fingerprint.
+    recorded only when not the default ``equal``, so existing caches keep their fingerprint;
+    ``resize_on`` (``device``: video faces are handed over centre-cropped at the source size and
+    resized to the backbone's crop on its device, docs/DESIGN.md; ``auto``: ``device`` on CUDA,
+    ``cpu`` on the CPU, through ``compute_resize_on()``) likewise, when it resolves to ``device``.
     """
 
     audio_backbone: str | None = None
@@ -40,6 +44,7 @@ class ExtractConfig:
     num_workers: int = 2
     device: str = "cpu"
     segment_windows: str = "equal"        # equal: S equal parts; centre: the DCA authors' 1.015 s windows
+    resize_on: str = "auto"               # cpu: PIL in the decode workers; device: torch on the backbone's device
     #: the audio weights' input preprocessing (``Weights.preprocess`` name, e.g. "resemblyzer_vad"
     #: of ge2e_lstm "pretrained"): set by ``resolve_config`` from named weights; None: none.
     #: Recorded in the provenance through the backbone info (``audio_backbone["preprocess"]``).
@@ -73,6 +78,8 @@ class ExtractConfig:
             raise ConfigError(f"min_segment_seconds must be > 0, got {self.min_segment_seconds!r}")
         if self.segment_windows not in SEGMENT_WINDOWS:
             raise ConfigError(f"segment_windows must be one of {SEGMENT_WINDOWS}, got {self.segment_windows!r}")
+        if self.resize_on not in RESIZE_ON:
+            raise ConfigError(f"resize_on must be one of {RESIZE_ON}, got {self.resize_on!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         return self
@@ -83,10 +90,20 @@ class ExtractConfig:
             return self.precision
         return "bf16" if self.device.startswith("cuda") else "fp32"
 
+    def compute_resize_on(self) -> str:
+        """Where faces are resized: ``resize_on`` with ``auto`` resolved by device (``device`` on
+        CUDA, where the decode workers bound the throughput; ``cpu`` on the CPU, where the main
+        process runs the backbones: docs/BENCHMARKS.md)."""
+        if self.resize_on != "auto":
+            return self.resize_on
+        return "device" if self.device.startswith("cuda") else "cpu"
+
     def embedding_config(self) -> dict:
         """The provenance ``config`` block: fields that change what is stored."""
         d = {k: getattr(self, k) for k in self.EMBEDDING_FIELDS}
         d["compute_precision"] = self.compute_precision()
         if self.segment_windows != "equal":     # only when set: the default keeps every fingerprint
             d["segment_windows"] = self.segment_windows
+        if self.compute_resize_on() != "cpu":   # likewise
+            d["resize_on"] = self.compute_resize_on()
         return d

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -12,6 +11,9 @@ import numpy as np
 
 from pipeline.extract.config import ExtractConfig
 from pipeline.extract.models import Models
+from pipeline.extract.shm_ring import available, iter_ring, slot_bytes_for
+from pipeline.extract.shm_ring import die_with_parent as _die_with_parent  # noqa: F401  (kept name)
+from pipeline.extract.shm_ring import worker_init as _worker_init  # noqa: F401  (preflight's workers)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -33,13 +35,14 @@ class DecodeSpec:
     audio_sr: int | None        # None: no audio backbone
     face_size: int | None       # None: no face backbone
     frames: int = 8
+    resize_on: str = "cpu"      # "device": video faces travel centre-cropped at the source size
 
 
 def decode_spec(cfg: ExtractConfig, models: Models | None = None) -> DecodeSpec:
     from extractors.registry import get_backbone
     sr = get_backbone(cfg.audio_backbone).spec.sample_rate if cfg.audio_backbone else None
     size = get_backbone(cfg.face_backbone).spec.crop if cfg.face_backbone else None
-    return DecodeSpec(audio_sr=sr, face_size=size, frames=cfg.frames)
+    return DecodeSpec(audio_sr=sr, face_size=size, frames=cfg.frames, resize_on=cfg.compute_resize_on())
 
 
 def _failure(clip_id: str, stage: str, modality: str, err: BaseException | str) -> dict:
@@ -64,9 +67,10 @@ def decode_clip(rec, spec: DecodeSpec) -> DecodedClip:
             except Exception as e:  # DecodeError, or anything a decoder library throws
                 out.failures.append(_failure(rec.clip_id, "decode", "audio", e))
     if spec.face_size is not None and rec.has_face_source:
+        # resize_on="device": a video's frames are only centre-cropped here (frame folders are resized as before)
+        size = None if spec.resize_on == "device" and rec.video_path is not None else spec.face_size
         try:
-            out.faces, out.face_valid = load_faces(rec.video_path, rec.frames_dir,
-                                                   n_frames=spec.frames, size=spec.face_size)
+            out.faces, out.face_valid = load_faces(rec.video_path, rec.frames_dir, n_frames=spec.frames, size=size)
         except Exception as e:
             out.failures.append(_failure(rec.clip_id, "decode", "face", e))
     if out.audio is None:
@@ -75,64 +79,32 @@ def decode_clip(rec, spec: DecodeSpec) -> DecodedClip:
     return out
 
 
-def _worker_init(_: int) -> None:
-    import torch
-    torch.set_num_threads(1)
-    _die_with_parent()
-
-
-def _die_with_parent() -> None:
-    """Linux: have the kernel SIGKILL this decode worker when its parent dies (kill -9 of
-    ``avfuse extract`` would otherwise orphan it, blocked flushing into a dead queue)."""
-    import ctypes
-    import signal
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux/glibc: nothing to do
-        return
-    if os.getppid() == 1:  # the parent is already gone
-        os._exit(0)
-
-
-class _DecodeDataset:
-    """Map-style dataset for torch's DataLoader: item i = decode of ``records[i]``."""
-
-    def __init__(self, records: Sequence, spec: DecodeSpec):
-        self.records, self.spec = records, spec
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> DecodedClip:
-        return decode_clip(self.records[i], self.spec)
-
-
-def _identity(x):
-    return x
+#: the face side a slot of the hand-off ring is sized for when faces travel at the source size
+#: (``resize_on="device"``; VoxCeleb2's 224); a clip with bigger frames travels pickled
+SOURCE_SIDE = 224
 
 
 def iter_decoded(records: Sequence, spec: DecodeSpec, *, num_workers: int = 0,
                  backend: str = "process", prefetch: int = 64) -> Iterator[DecodedClip]:
     """Decoded clips in the order of ``records``, decoded ahead of the consumer.
 
-    ``num_workers=0``: inline. ``backend="process"``: a torch DataLoader with
-    ``num_workers`` processes (1 torch thread each); ``"thread"``: a thread pool (for
-    daemonic processes such as Dask workers, which may not fork). At most ``prefetch``
-    clips are decoded ahead.
+    ``num_workers=0``: inline. ``backend="process"``: ``num_workers`` forked processes (1 torch
+    thread each) handing the arrays over in shared memory (``pipeline.extract.shm_ring``; a
+    thread pool where ``fork`` is not available); ``"thread"``: a thread pool (for daemonic
+    processes such as Dask workers, which may not fork). At most ``prefetch`` clips are
+    decoded ahead.
     """
     if num_workers <= 0 or len(records) == 0:
         for r in records:
             yield decode_clip(r, spec)
         return
-    if backend == "process":
-        import torch.utils.data as tud
-        loader = tud.DataLoader(_DecodeDataset(records, spec), batch_size=None, shuffle=False,
-                                num_workers=num_workers, collate_fn=_identity, worker_init_fn=_worker_init,
-                                prefetch_factor=max(2, prefetch // num_workers), persistent_workers=False)
-        yield from loader
+    if backend == "process" and available():
+        side = None if spec.face_size is None else (
+            spec.face_size if spec.resize_on == "cpu" else max(spec.face_size, SOURCE_SIDE))
+        yield from iter_ring(records, decode_clip, spec, num_workers=num_workers, prefetch=prefetch,
+                             slot_bytes=slot_bytes_for(spec.audio_sr, spec.frames, side))
         return
-    if backend != "thread":
+    if backend not in ("thread", "process"):
         raise ValueError(f"unknown decode backend {backend!r}")
     with cf.ThreadPoolExecutor(num_workers, thread_name_prefix="avfuse-decode") as pool:
         pending: list[cf.Future] = []

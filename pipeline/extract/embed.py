@@ -6,8 +6,9 @@ rounding: audio batches are zero-padded with the true lengths passed to the back
 (its forward contract), faces are fixed-size images. Everywhere: ``inference_mode``,
 channels_last face input (oneDNN is ~13 % faster with it on CPU too). On CUDA: bf16
 autocast (``precision="bf16"``), pinned host buffers and non-blocking copies; uint8 frames
-are normalised on the device. On CPU: fp32, at most ``CPU_FACE_IMAGES`` images per face
-forward.
+are normalised on the device, and resized there when handed over at the source size
+(``--resize-on device``: ``resize_faces``, torch's antialiased bilinear). On CPU: fp32, at most
+``CPU_FACE_IMAGES`` images per face forward.
 
 A batch that raises is retried clip by clip, so one bad clip fails alone.
 """
@@ -62,6 +63,31 @@ def _to_device(arr: np.ndarray, device: str):
     if device.startswith("cuda"):
         return t.pin_memory().to(device, non_blocking=True)
     return t
+
+
+def resize_faces(t, size: int):
+    """float ``(N, 3, H, H)`` -> ``(N, 3, size, size)``: torch's antialiased bilinear (the filter of
+    PIL's ``BILINEAR``, which the CPU path uses), on ``t``'s device; ``t`` itself when ``H == size``."""
+    import torch.nn.functional as F
+    if t.shape[-1] == size and t.shape[-2] == size:
+        return t
+    return F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def faces_on_device(clips: Sequence[np.ndarray], size: int, device: str):
+    """uint8 ``(F, 3, H, H)`` arrays (H may differ between clips) -> one float ``(n*F, 3, size,
+    size)`` tensor in [0, 255] on ``device``, resized there when ``H != size`` (``--resize-on
+    device``). One copy per run of clips of the same side."""
+    import torch
+    out, k = [], 0
+    while k < len(clips):
+        j = k + 1
+        while j < len(clips) and clips[j].shape == clips[k].shape:
+            j += 1
+        x = clips[k] if j == k + 1 else np.concatenate(clips[k:j])
+        out.append(resize_faces(_to_device(x, device).float(), size))
+        k = j
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def _run_batches(batches: list[np.ndarray], forward: Callable[[np.ndarray], np.ndarray],
@@ -179,7 +205,8 @@ def embed_audio(models, waves: Sequence[np.ndarray | None], cfg) -> AudioResult:
 
 def embed_faces(models, faces: Sequence[np.ndarray | None], valids: Sequence[np.ndarray | None], cfg,
                 progress: Callable[[int], None] | None = None) -> FaceResult:
-    """Frame and clip embeddings of ``faces`` (uint8 (F,3,crop,crop) each; None = missing/failed).
+    """Frame and clip embeddings of ``faces`` (uint8 (F,3,crop,crop) each, or (F,3,H,H) resized on the
+    device; None = missing/failed).
     ``face/clip`` = float32 mean of the valid frames' embeddings. ``progress(k)`` is called
     with the number of clips done after each batch."""
     import torch
@@ -191,10 +218,12 @@ def embed_faces(models, faces: Sequence[np.ndarray | None], valids: Sequence[np.
     std = torch.tensor(spec["std"] or (1.0, 1.0, 1.0), dtype=torch.float32, device=models.device).view(1, 3, 1, 1)
     have = [i for i in range(n) if faces[i] is not None]
 
+    crop = int(spec["crop"])
+
     def forward(idx: np.ndarray) -> np.ndarray:
-        x = np.concatenate([faces[have[j]] for j in idx.tolist()])  # (b*F, 3, s, s) uint8
-        with torch.inference_mode():
-            t = _to_device(x, models.device).float().div_(255.0).sub_(mean).div_(std)
+        with torch.inference_mode():     # (b*F, 3, crop, crop) float; resized here if handed over bigger
+            t = faces_on_device([faces[have[j]] for j in idx.tolist()], crop, models.device)
+            t = t.div_(255.0).sub_(mean).div_(std)
             t = t.contiguous(memory_format=torch.channels_last)
             with _autocast(models):
                 emb = models.face(t)

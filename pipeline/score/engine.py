@@ -81,9 +81,11 @@ def check_missing(cache, trials, *, skip_missing: bool) -> tuple[np.ndarray, np.
 
 
 def build_channels(cache, rows_e: np.ndarray, rows_t: np.ndarray | None, mode: str, *,
-                   head=None, batch_size: int = 4096, progress: bool = False) -> list[Channel]:
+                   head=None, batch_size: int = 4096, progress: bool = False,
+                   means: dict | None = None) -> list[Channel]:
     """Channels over cache rows: ``rows_e`` for the enrol table and ``rows_t`` for the test
-    table (``None``: the test side shares the enrol table)."""
+    table (``None``: the test side shares the enrol table). ``means`` (``--mean-sub``,
+    ``pipeline.score.centering``): per embedding space, subtracted before L2 normalisation."""
     enrol_use, test_use = parse_mode(mode)
     shared = rows_t is None
     if head is None:
@@ -95,7 +97,10 @@ def build_channels(cache, rows_e: np.ndarray, rows_t: np.ndarray | None, mode: s
                                    path=cache.path, hint="score a mode of the modalities it has")
             tabs = []
             for r in ([rows_e] if shared else [rows_e, rows_t]):
-                emb = l2_normalize(read_rows(cache, name, r), inplace=True)  # a fresh table
+                emb = read_rows(cache, name, r)  # a fresh table
+                if means:
+                    emb -= means[m]
+                emb = l2_normalize(emb, inplace=True)
                 ok = read_rows(cache, flag, r, dtype=bool).astype(bool) if cache.has(flag) \
                     else np.ones(len(r), dtype=bool)
                 tabs.append((emb, ok))
@@ -113,6 +118,8 @@ def build_channels(cache, rows_e: np.ndarray, rows_t: np.ndarray | None, mode: s
                          progress=bar.update if bar else None)
         if bar:
             bar.close()
+        if means:
+            emb -= means["".join(use)]
         if kind == "cosine":
             emb = l2_normalize(emb)
         tables.append((emb, present_rows(cache, r, use)))
@@ -123,7 +130,7 @@ def build_channels(cache, rows_e: np.ndarray, rows_t: np.ndarray | None, mode: s
 def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | None = None,
                      norm: str = "none", cohort: str | None = None, top_k: int = 300, skip_missing: bool = False,
                      force: bool = False, chunk: int = DEFAULT_CHUNK, batch_size: int = 4096,
-                     progress: bool = False) -> Scores:
+                     progress: bool = False, mean_sub: str | None = None) -> Scores:
     """Score ``trials`` (a ``TrialList``) from ``cache`` in ``mode`` (see the module docstring).
 
     Each utterance is read / embedded once per side table (once in total when both
@@ -132,7 +139,9 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
     ``pipeline.score.norm.resolve_cohort`` spec. Missing utterances and unscorable trials
     raise ``ScoringError`` unless ``skip_missing``. ``head_meta`` (from ``load_head``):
     a head trained on a cache with another fingerprint raises ``HeadError`` unless
-    ``force``. ``Scores.info`` has the counts and phase timings.
+    ``force``. ``mean_sub`` (a ``resolve_cohort`` spec): subtract the mean embedding of that
+    source from every scored and cohort embedding first (``pipeline.score.centering``).
+    ``Scores.info`` has the counts and phase timings.
     """
     from pipeline.score import norm as normmod
 
@@ -147,6 +156,15 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
     if norm != "none" and not cohort:
         raise ScoringError(f"--norm {norm} needs a cohort", hint="e.g. --cohort train (a split of this cache)")
     times = {"read_or_embed": 0.0, "cohort": 0.0, "norm_stats": 0.0, "score": 0.0}
+    means, mean_info = None, None
+    if mean_sub:
+        from pipeline.score.centering import embedding_means
+        t0 = time.perf_counter()
+        msrc = normmod.resolve_cohort(mean_sub, cache, what="--mean-sub")
+        if msrc.cache is not cache:
+            check_cohort_cache(msrc.cache, cache, force=force, what="--mean-sub")
+        means, mean_info = embedding_means(msrc, mode, head=head, batch_size=batch_size, progress=progress)
+        times["mean_sub"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     rows, keep = check_missing(cache, trials, skip_missing=skip_missing)
     utts, ei, ti = trials.index()
@@ -161,7 +179,7 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
         used_t, (t_loc,) = _compact(len(utts), ti_k)
         rows_e, rows_t = rows[used_e], rows[used_t]
     channels = build_channels(cache, rows_e, rows_t, mode, head=head, batch_size=batch_size,
-                              progress=progress)
+                              progress=progress, means=means)
     times["read_or_embed"] = time.perf_counter() - t0
     norm_info: dict = {"method": norm}
     if norm != "none":
@@ -173,13 +191,16 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
             t0 = time.perf_counter()
             bar = progress_bar(f"cohort {ch.name}", len(src.rows), progress)
             cb = bar.update if bar else None
+            mu = (means or {}).get
             if head is None:
-                ce, speakers = normmod.cohort_from_cache(src, ch.name, progress=cb)
+                ce, speakers = normmod.cohort_from_cache(src, ch.name, progress=cb, center=mu(ch.name))
                 ct = ce
             else:
-                ce, speakers = normmod.cohort_from_head(src, head, enrol_use, batch_size=batch_size, progress=cb)
+                ce, speakers = normmod.cohort_from_head(src, head, enrol_use, batch_size=batch_size, progress=cb,
+                                                        center=mu("".join(enrol_use)))
                 ct = ce if enrol_use == test_use else \
-                    normmod.cohort_from_head(src, head, test_use, batch_size=batch_size, progress=cb)[0]
+                    normmod.cohort_from_head(src, head, test_use, batch_size=batch_size, progress=cb,
+                                             center=mu("".join(test_use)))[0]
             if bar:
                 bar.close()
             t1 = time.perf_counter()
@@ -221,7 +242,7 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
         out = Scores(labels=np.asarray(trials.labels)[idx], enrol=np.asarray(trials.enrol)[idx],
                      test=np.asarray(trials.test)[idx], scores=scores[scorable])
     out.info = {
-        "mode": mode, "norm": norm_info, "channels": [c.name for c in channels],
+        "mode": mode, "norm": norm_info, "mean_sub": mean_info, "channels": [c.name for c in channels],
         "score_kind": channels[0].kind, "timings_s": {k: round(v, 3) for k, v in times.items()},
         "counts": {"n_trials_in_list": int(len(ei)), "n_scored": int(len(idx)),
                    "n_skipped_missing": n_missing, "n_skipped_unscorable": n_unscorable,
@@ -263,7 +284,7 @@ def _compact(n: int, *idx: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     return used, [loc[a] for a in idx]
 
 
-def check_cohort_cache(cohort_cache, cache, *, force: bool = False) -> None:
+def check_cohort_cache(cohort_cache, cache, *, force: bool = False, what: str = "cohort") -> None:
     """A cohort from another cache must come from the same backbones (else ``ScoringError``
     unless ``force``): its embeddings must live in the same space."""
     if force:
@@ -271,6 +292,6 @@ def check_cohort_cache(cohort_cache, cache, *, force: bool = False) -> None:
     a, b = cohort_cache.provenance or {}, cache.provenance or {}
     diffs = [k for k in ("audio_backbone", "face_backbone") if a.get(k) != b.get(k)]
     if diffs:
-        raise ScoringError(f"cohort cache {cohort_cache.path} was extracted with other backbones "
+        raise ScoringError(f"{what} cache {cohort_cache.path} was extracted with other backbones "
                            f"({', '.join(diffs)} differ) than {cache.path}",
                            hint="use a cohort extracted with the same backbones, or --force")

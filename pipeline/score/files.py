@@ -130,6 +130,9 @@ def build_sidecar(*, cache, trials, trials_sha: str, mode: str, result, head_inf
               "norm": {k: norm.get(k) for k in ("method", "cohort_cache_fingerprint", "cohort_split",
                                                 "top_k")},
               "skip_missing": bool(skip_missing)}
+    mean_sub = info.get("mean_sub")
+    if mean_sub:   # only when on: scores without it keep their fingerprint
+        config["mean_sub"] = {k: mean_sub.get(k) for k in ("cache_fingerprint", "split")}
     enrol_use, test_use = MODES[mode]
     return {
         "avfuse_version": __version__,
@@ -139,7 +142,7 @@ def build_sidecar(*, cache, trials, trials_sha: str, mode: str, result, head_inf
                    "n_trials": int(trials.n_trials), "labeled": bool(trials.labeled)},
         "mode": mode, "enrol_use": list(enrol_use), "test_use": list(test_use),
         "channels": info["channels"], "score_kind": info["score_kind"],
-        "head": head_info, "norm": norm, "skip_missing": bool(skip_missing), "force": bool(force),
+        "head": head_info, "norm": norm, "mean_sub": mean_sub, "skip_missing": bool(skip_missing), "force": bool(force),
         "counts": info["counts"], "timings_s": info.get("timings_s"),
         "config_fingerprint": fingerprint(config),
     }

@@ -63,7 +63,7 @@ def split_scores(result, merged, owner: np.ndarray, n_lists: int) -> list:
 
 def score_lists(cache, trial_paths: Sequence[str], out_paths: Sequence[str], mode: str, *, head=None,
                 head_meta=None, head_info=None, norm="none", cohort=None, top_k=300, skip_missing=False,
-                force=False, batch_size=4096, progress=False) -> list:
+                force=False, batch_size=4096, progress=False, mean_sub=None) -> list:
     """Score several lists in one pass and write one scores file + sidecar per list; returns
     ``[(trials path, out path, Scores)]``."""
     from data_manifests.trials import read_trials
@@ -80,7 +80,7 @@ def score_lists(cache, trial_paths: Sequence[str], out_paths: Sequence[str], mod
     merged, owner = merge_trials(lists)
     result = score_from_cache(cache, merged, mode, head=head, head_meta=head_meta, norm=norm, cohort=cohort,
                               top_k=top_k, skip_missing=skip_missing, force=force, batch_size=batch_size,
-                              progress=progress)
+                              progress=progress, mean_sub=mean_sub)
     parts = split_scores(result, merged, owner, len(lists))
     shared = {"lists": [str(Path(p).resolve()) for p in trial_paths], "counts": result.info["counts"],
               "timings_s": result.info["timings_s"]}

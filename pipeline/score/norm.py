@@ -144,9 +144,9 @@ class CohortSource:
     split: str | None
 
 
-def resolve_cohort(spec: str, cache) -> CohortSource:
+def resolve_cohort(spec: str, cache, what: str = "cohort") -> CohortSource:
     """Parse ``--cohort``: ``SPLIT`` (of the scored cache), ``PATH`` (all rows of another
-    cache) or ``PATH:SPLIT`` (a split of another cache)."""
+    cache) or ``PATH:SPLIT`` (a split of another cache). ``what`` names the option in errors."""
     from pipeline.cache.reader import open_cache
 
     other, split = None, spec
@@ -158,7 +158,7 @@ def resolve_cohort(spec: str, cache) -> CohortSource:
         other, split = spec, None
     looks = spec.rsplit(":", 1)[0] if ":" in spec else spec
     if other is None and ("/" in looks or looks.lower().endswith((".zarr", ".h5", ".hdf5"))):
-        raise ScoringError("cohort cache not found", path=looks,
+        raise ScoringError(f"{what} cache not found", path=looks,
                            hint="give an existing cache (PATH or PATH:SPLIT), or a split name of the "
                                 "scored cache such as 'train'")
     c = open_cache(other) if other is not None else cache
@@ -168,7 +168,7 @@ def resolve_cohort(spec: str, cache) -> CohortSource:
         rows = np.asarray(c.split_rows(split), dtype=np.int64)
         if len(rows) == 0:
             known = sorted(set(np.asarray(c.splits).tolist()))
-            raise ScoringError(f"cohort split {split!r} has no rows in {c.path}",
+            raise ScoringError(f"{what} split {split!r} has no rows in {c.path}",
                                hint=f"splits in this cache: {', '.join(map(str, known)) or '(none)'}; "
                                     "or pass PATH:SPLIT for another cache")
     return CohortSource(cache=c, rows=np.sort(rows), spec=spec, split=split)
@@ -191,11 +191,13 @@ def _spans(rows: np.ndarray, span: int):
 
 
 def cohort_from_cache(src: CohortSource, modality: str, *, window: int = 65536,
-                      progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      progress: Callable[[int], None] | None = None,
+                      center: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(means (S, D) float32, speakers (S,))``: per-speaker mean backbone embeddings of
     one modality (``"A"``: ``audio/clip``, ``"V"``: ``face/clip``) over the cohort rows
     where that modality is present, read through ``cache.to_dask`` one slice of at most
-    ``window`` rows at a time (only slices holding cohort rows are read)."""
+    ``window`` rows at a time (only slices holding cohort rows are read). ``center`` (``--mean-sub``):
+    subtracted from every clip embedding before it is L2-normalised."""
     from pipeline.score.rows import CACHE_ARRAYS
 
     cache = src.cache
@@ -215,6 +217,8 @@ def cohort_from_cache(src: CohortSource, modality: str, *, window: int = 65536,
     for start, stop, i, j in _spans(rows, window):
         # a contiguous slice of the dask view (whole shards, read in parallel), then the rows
         x = np.asarray(d[start:stop].compute(), dtype=np.float32)[rows[i:j] - start]
+        if center is not None:
+            x -= center
         sums, counts = _accumulate(sums, counts, x, spk_idx[i:j], len(speakers), True)
         if progress is not None:
             progress(j - i)
@@ -222,9 +226,11 @@ def cohort_from_cache(src: CohortSource, modality: str, *, window: int = 65536,
 
 
 def cohort_from_head(src: CohortSource, head, use: tuple[str, ...], *, batch_size: int = 4096,
-                     progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     progress: Callable[[int], None] | None = None,
+                     center: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(means, speakers)``: per-speaker means of head embeddings (``head.embed(batch, use)``)
-    over the cohort rows that have a modality in ``use``; L2-normalised for cosine heads."""
+    over the cohort rows that have a modality in ``use``; L2-normalised for cosine heads.
+    ``center`` (``--mean-sub``): subtracted from every embedding first."""
     from pipeline.score.rows import embed_rows, present_rows
 
     cache = src.cache
@@ -237,6 +243,8 @@ def cohort_from_head(src: CohortSource, head, use: tuple[str, ...], *, batch_siz
     sums = counts = None
     for w_rows, w_idx in zip(_windows(rows, batch_size), _windows(spk_idx, batch_size)):
         x = embed_rows(cache, w_rows, head, use, batch_size=batch_size)
+        if center is not None:
+            x -= center
         sums, counts = _accumulate(sums, counts, x, w_idx, len(speakers), cosine)
         if progress is not None:
             progress(len(w_rows))

@@ -124,7 +124,7 @@ def run_distributed(manifest: str | Path, cache: str | Path, cfg: ExtractConfig,
     log = log or log_stderr
     t_start = time.perf_counter()
     precision = cfg.compute_precision()
-    driver_cfg = dataclasses.replace(cfg, device="cpu", precision=precision)
+    driver_cfg = dataclasses.replace(cfg, device="cpu", precision=precision, resize_on=cfg.compute_resize_on())
     # an absolute manifest path makes the records' media paths absolute: workers may run elsewhere
     rcfg, records, models, writer = prepare_extract(Path(manifest).resolve(), cache, driver_cfg,
                                                     overwrite=overwrite)

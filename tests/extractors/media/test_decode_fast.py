@@ -88,3 +88,82 @@ def test_truncated_faststart_video_fails_on_both_paths(tmp_path):
         with pytest.raises(DecodeError, match="video decoding failed") as e:
             load_faces(cut, exact=exact)
         assert e.value.path == str(cut)
+
+
+def _odd_sized_mp4(path, w=96, h=64, n=6):
+    import av
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for _ in range(n):
+            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode(None):
+            c.mux(pkt)
+    return str(path)
+
+
+def test_shared_reformatter_gives_pyavs_pixels(clips, tmp_path):
+    """``_rgb`` (one swscale context per thread) == PyAV's ``to_ndarray(format="rgb24")``
+    (a new context per frame) on every frame, across a change of frame size on one thread
+    and on a second thread."""
+    import threading
+
+    import av
+
+    from extractors.media.video import _rgb
+    paths = [clips[-1], _odd_sized_mp4(tmp_path / "odd.mp4"), clips[1]]
+
+    def check(out: list) -> None:
+        for p in paths:
+            with av.open(p) as c:
+                for f in c.decode(video=0):
+                    a, b = _rgb(f), f.to_ndarray(format="rgb24")
+                    out.append(a.shape == b.shape and np.array_equal(a, b))
+                    a2 = _rgb(f, width=56, height=56, interpolation="AREA")
+                    b2 = f.to_ndarray(width=56, height=56, format="rgb24", interpolation="AREA")
+                    out.append(np.array_equal(a2, b2))
+
+    main: list = []
+    check(main)
+    other: list = []
+    t = threading.Thread(target=check, args=(other,))
+    t.start()
+    t.join()
+    assert len(main) == len(other) > 2 * (75 + 6) and all(main) and all(other)
+
+
+def test_shared_reformatter_survives_fork(clips, tmp_path):
+    """A decode worker forked after the parent converted frames (``shm_ring`` forks its
+    workers) converts frames of another size without hanging: swscale slice threads of an
+    inherited context would wait forever for threads the child does not have."""
+    import os
+    import time
+
+    import av
+
+    from extractors.media.video import _rgb
+    odd = _odd_sized_mp4(tmp_path / "odd.mp4")
+    with av.open(clips[-1]) as c:
+        _rgb(next(c.decode(video=0)))          # the parent's context, at 224 x 224
+    pid = os.fork()
+    if pid == 0:                               # child: another size, then exit without cleanup
+        code = 1
+        try:
+            with av.open(odd) as c:
+                code = 0 if _rgb(next(c.decode(video=0))).shape == (64, 96, 3) else 3
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise AssertionError("the forked child hung converting a frame")
+    assert os.waitstatus_to_exitcode(status) == 0
