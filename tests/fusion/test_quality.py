@@ -140,7 +140,8 @@ def test_head_reaches_score_avg(name, table):
 # and voice-to-face 1:2 matching on the test speakers (pipeline/experiments/crossmodal.py) near
 # chance: 49.6 % through an audio->face ridge projection learned on the train speakers (51.3 % before the
 # trimming; the figures from here on are from before it: 48.6 % on the independent corpus), 50.0 %
-# (masked) / 47.6 % (unmasked) in the mean head's shared space. Why so little reaches the heads: linear probes fitted on train, read on test (this corpus) find age in both embeddings (ge2e_lstm
+# (masked) / 47.6 % (unmasked) in the mean head's shared space. Why so little reaches the heads:
+# linear probes fitted on train, read on test (this corpus) find age in both embeddings (ge2e_lstm
 # audio/clip r 0.59: voice quality; random-init iresnet18 face/clip r 0.56: grey hair) and sex in both
 # (75 % / 69 %), but a probe is fitted on the traits themselves; learned from 90 train identities without
 # them, the shared part is a few noisy directions among hundreds, and for unseen speakers the cross term
