@@ -43,20 +43,10 @@ def mean_from_cache(src, modality: str, *, window: int = 65536,
                     progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, int]:
     """``(mean (D,) float32, number of rows averaged)``: the mean stored clip embedding of one
     modality over the rows of ``src`` (a ``pipeline.score.norm.CohortSource``) where it is present."""
-    from pipeline.score.norm import _spans
-    from pipeline.score.rows import CACHE_ARRAYS
+    from pipeline.score.norm import _spans, modality_rows
 
-    cache = src.cache
-    name, flag = CACHE_ARRAYS[modality]
-    if not cache.has(name):
-        raise ScoringError(f"the --mean-sub cache has no {name} embeddings", path=cache.path,
-                           hint="pick a cache extracted with that modality's backbone")
-    present = np.asarray(cache.to_numpy(flag, src.rows, dtype=bool), dtype=bool)
-    rows = src.rows[present]
-    if len(rows) == 0:
-        raise ScoringError(f"no --mean-sub clip has {'audio' if modality == 'A' else 'a face'}", path=cache.path,
-                           hint="pick a split or cache with that modality")
-    d = cache.to_dask(name)
+    name, rows = modality_rows(src, modality, "--mean-sub")
+    d = src.cache.to_dask(name)
     total = np.zeros(d.shape[1], dtype=np.float64)
     for start, stop, i, j in _spans(rows, window):
         x = np.asarray(d[start:stop].compute(), dtype=np.float32)[rows[i:j] - start]

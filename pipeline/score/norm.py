@@ -190,6 +190,23 @@ def _spans(rows: np.ndarray, span: int):
         i = j
 
 
+def modality_rows(src: CohortSource, modality: str, what: str) -> tuple[str, np.ndarray]:
+    """``(array name, rows)``: the clip-embedding array of ``modality`` (``"A"``/``"V"``) and the
+    rows of ``src`` where it is present. Typed errors name ``what`` (``"cohort"``, ``"--mean-sub"``)."""
+    from pipeline.score.rows import CACHE_ARRAYS
+
+    cache = src.cache
+    name, flag = CACHE_ARRAYS[modality]
+    if not cache.has(name):
+        raise ScoringError(f"the {what} cache has no {name} embeddings", path=cache.path,
+                           hint="pick a cache extracted with that modality's backbone")
+    rows = src.rows[np.asarray(cache.to_numpy(flag, src.rows, dtype=bool), dtype=bool)]
+    if len(rows) == 0:
+        raise ScoringError(f"no {what} clip has {'audio' if modality == 'A' else 'a face'}", path=cache.path,
+                           hint="pick a split or cache with that modality")
+    return name, rows
+
+
 def cohort_from_cache(src: CohortSource, modality: str, *, window: int = 65536,
                       progress: Callable[[int], None] | None = None,
                       center: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -198,20 +215,10 @@ def cohort_from_cache(src: CohortSource, modality: str, *, window: int = 65536,
     where that modality is present, read through ``cache.to_dask`` one slice of at most
     ``window`` rows at a time (only slices holding cohort rows are read). ``center`` (``--mean-sub``):
     subtracted from every clip embedding before it is L2-normalised."""
-    from pipeline.score.rows import CACHE_ARRAYS
-
     cache = src.cache
-    name, flag = CACHE_ARRAYS[modality]
-    if not cache.has(name):
-        raise ScoringError(f"cohort cache has no {name} embeddings", path=cache.path,
-                           hint="pick a cohort cache extracted with that modality's backbone")
-    present = np.asarray(cache.to_numpy(flag, src.rows, dtype=bool), dtype=bool)
-    rows = src.rows[present]
+    name, rows = modality_rows(src, modality, "cohort")
     spk_of_row = np.asarray(cache.speakers)[rows]
     speakers, spk_idx = np.unique(spk_of_row, return_inverse=True)
-    if len(speakers) == 0:
-        raise ScoringError(f"no cohort clip has {'audio' if modality == 'A' else 'a face'}",
-                           path=cache.path)
     d = cache.to_dask(name)
     sums = counts = None
     for start, stop, i, j in _spans(rows, window):
