@@ -37,8 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import save_json  # noqa: E402
 from benchmarks.decode_speed import CORES, VOX2_DEV_CLIPS, per_clip_ms  # noqa: E402
-from benchmarks.voxceleb_media import generate  # noqa: E402
-from data_manifests.manifest import read_manifest  # noqa: E402
+from benchmarks.voxceleb_media import add_media_args, bench_records  # noqa: E402
 from extractors.media.common import frame_indices  # noqa: E402
 from extractors.media.decode import load_audio, load_faces  # noqa: E402
 from extractors.media.video import _is_reference, _nal_length_size  # noqa: E402
@@ -87,16 +86,12 @@ def demux_only(path: str) -> int:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--media", help="a folder written by benchmarks/voxceleb_media.py (vox2); default: generate")
-    ap.add_argument("--clips", type=int, default=24, help="clips to generate when --media is not given")
+    add_media_args(ap)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args(argv)
     tmp = tempfile.TemporaryDirectory(prefix="avfuse-floor-")
-    media = Path(a.media) if a.media else Path(tmp.name) / "vox2"
-    if not a.media:
-        generate(media, kind="vox2", clips=a.clips)
-    recs = read_manifest(media / "manifest.jsonl")
+    recs = bench_records(a.media, a.clips, tmp.name)
     mp4 = [str(r.video_path) for r in recs]
     m4a = [str(r.audio_path) for r in recs]
     mean_s = float(np.mean([r.duration for r in recs]))

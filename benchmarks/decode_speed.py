@@ -29,7 +29,6 @@ different clips. The projection: the after figure scaled to VoxCeleb2-dev's mean
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -42,7 +41,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.voxceleb_media import generate, real_durations  # noqa: E402
+from benchmarks.common import save_json  # noqa: E402
+from benchmarks.voxceleb_media import add_media_args, bench_records, generate, real_durations  # noqa: E402
 from data_manifests.manifest import read_manifest  # noqa: E402
 from extractors.media.common import centre_crop_resize, frame_indices  # noqa: E402
 from extractors.media.decode import load_audio, load_faces  # noqa: E402
@@ -98,8 +98,7 @@ def worker_ms(records, workers: int, min_items: int = 96) -> float:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--media", help="a folder written by benchmarks/voxceleb_media.py (vox2); default: generate")
-    ap.add_argument("--clips", type=int, default=24, help="clips to generate when --media is not given")
+    add_media_args(ap)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--check-clips", type=int, default=8)
@@ -108,10 +107,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args(argv)
     tmp = tempfile.TemporaryDirectory(prefix="avfuse-decode-")
-    media = Path(a.media) if a.media else Path(tmp.name) / "vox2"
-    if not a.media:
-        generate(media, kind="vox2", clips=a.clips)
-    recs = read_manifest(media / "manifest.jsonl")
+    recs = bench_records(a.media, a.clips, tmp.name)
     mp4 = [r.video_path for r in recs]
     m4a = [r.audio_path for r in recs]
     mean_s = float(np.mean([r.duration for r in recs]))
@@ -162,8 +158,7 @@ def main(argv=None) -> dict:
                           "audio_wav": per_clip_ms(lambda r: load_audio(r.audio_path, 16000), r1, R),
                           "faces_jpg": per_clip_ms(lambda r: load_faces(frames_dir=r.frames_dir), r1, R)}
     report(res)
-    if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=2))
+    save_json(a.json, res)
     tmp.cleanup()
     return res
 

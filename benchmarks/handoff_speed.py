@@ -35,7 +35,6 @@ main process and in all.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -46,6 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import save_json  # noqa: E402
 from pipeline.extract.decode_pool import DecodedClip, _worker_init  # noqa: E402
 from pipeline.extract.shm_ring import iter_ring, slot_bytes_for  # noqa: E402
 
@@ -117,25 +117,43 @@ def consume(clips: list) -> None:
         np.array(c.audio)
 
 
-def run_loader(n: int, size: int, mode: str, workers: int) -> tuple[float, float]:
-    import torch.utils.data as tud
+def parent_and_children_s(fn) -> tuple[float, float]:
+    """``(CPU s of this process, CPU s of the children that ended meanwhile)`` of ``fn()``."""
     ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.process_time()
-    loader = tud.DataLoader(_Clips(n, size, mode), batch_size=None, num_workers=workers, collate_fn=_identity,
-                            worker_init_fn=_worker_init, prefetch_factor=16)
+    fn()
+    parent = time.process_time() - t0
+    ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return parent, (ch1.ru_utime + ch1.ru_stime) - (ch0.ru_utime + ch0.ru_stime)
+
+
+def consume_in_batches(clips) -> None:
+    """Hand the received clips to :func:`consume` 8 at a time, as ``extract`` batches them."""
     batch = []
-    for c in loader:
-        if mode == "torch":
-            c.audio, c.faces = c.audio.numpy(), c.faces.numpy()
-        elif mode == "packed":
-            c = unpack_clip(c)
+    for c in clips:
         batch.append(c)
         if len(batch) == 8:
             consume(batch)
             batch = []
-    parent = time.process_time() - t0
-    ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    child = (ch1.ru_utime + ch1.ru_stime) - (ch0.ru_utime + ch0.ru_stime)
+
+
+def _received(c, mode: str):
+    if mode == "torch":
+        c.audio, c.faces = c.audio.numpy(), c.faces.numpy()
+    elif mode == "packed":
+        c = unpack_clip(c)
+    return c
+
+
+def run_loader(n: int, size: int, mode: str, workers: int) -> tuple[float, float]:
+    import torch.utils.data as tud
+
+    def run() -> None:
+        loader = tud.DataLoader(_Clips(n, size, mode), batch_size=None, num_workers=workers, collate_fn=_identity,
+                                worker_init_fn=_worker_init, prefetch_factor=16)
+        consume_in_batches(_received(c, mode) for c in loader)
+
+    parent, child = parent_and_children_s(run)
     return parent / n * 1e3, child / n * 1e3
 
 
@@ -152,18 +170,9 @@ def _fake_decode(i: int, size: int) -> DecodedClip:
 def run_ring(n: int, size: int, workers: int) -> tuple[float, float]:
     """``pipeline.extract.shm_ring.iter_ring`` as ``iter_decoded`` runs it, the decoder replaced
     by the made-up clips; slots freed as the consumed batches are dropped."""
-    ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.process_time()
-    batch = []
-    for c in iter_ring(list(range(n)), _fake_decode, size, num_workers=workers, prefetch=64,
-                       slot_bytes=slot_bytes_for(16000, 8, size)):
-        batch.append(c)
-        if len(batch) == 8:
-            consume(batch)
-            batch = []
-    parent = time.process_time() - t0
-    ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    child = (ch1.ru_utime + ch1.ru_stime) - (ch0.ru_utime + ch0.ru_stime)
+    parent, child = parent_and_children_s(lambda: consume_in_batches(
+        iter_ring(list(range(n)), _fake_decode, size, num_workers=workers, prefetch=64,
+                  slot_bytes=slot_bytes_for(16000, 8, size))))
     return parent / n * 1e3, child / n * 1e3
 
 
@@ -217,12 +226,7 @@ def real_media(n_clips: int, workers: int, repeats: int, min_items: int = 96) ->
     decode_clip(recs[0], spec)
     for _ in range(repeats):
         for name, fn in (("inline", inline), ("pickle (DataLoader)", loader), ("shm ring", ring)):
-            ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            t0 = time.process_time()
-            fn()
-            p = time.process_time() - t0
-            ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            c = (ch1.ru_utime + ch1.ru_stime) - (ch0.ru_utime + ch0.ru_stime)
+            p, c = parent_and_children_s(fn)
             prev = best.get(name, (np.inf, np.inf))
             best[name] = (min(prev[0], p / len(recs) * 1e3), min(prev[1], (p + c) / len(recs) * 1e3))
     out["parent_ms"] = {k: v[0] for k, v in best.items()}
@@ -272,8 +276,7 @@ def main(argv=None) -> dict:
     if a.real:
         res["real_media"] = real_media(a.real, a.workers, a.repeats)
     report(res)
-    if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=2))
+    save_json(a.json, res)
     return res
 
 

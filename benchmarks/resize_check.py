@@ -20,7 +20,6 @@ the real VoxCeleb2-dev quantiles), in one run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import save_json  # noqa: E402
 from benchmarks.voxceleb_media import generate  # noqa: E402
 from data_manifests.manifest import read_manifest  # noqa: E402
 from extractors.media.decode import load_faces  # noqa: E402
@@ -116,8 +116,7 @@ def main(argv=None) -> dict:
           f"(mean {res['clip_cos_mean']:.6f}), frame cos min {res['frame_cos_min']:.6f}, different clips' cos "
           f"max {res['other_clip_cos_max']:.4f}, max level diff {res['max_level_diff_vs_cpu']:.2f} -> "
           f"{'PASS' if res['passes'] else 'FAIL'} (>= 0.999 per clip and per frame)")
-    if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=2))
+    save_json(a.json, res)
     tmp.cleanup()
     return res
 

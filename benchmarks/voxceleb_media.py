@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_manifests.manifest import ClipRecord, write_manifest  # noqa: E402
+from data_manifests.manifest import ClipRecord, read_manifest, write_manifest  # noqa: E402
 from data_manifests.synth.media import add_aac_stream, encode_aac, write_jpg_frames, write_m4a, write_wav
 
 SR = 16000
@@ -185,6 +185,21 @@ def generate(out: str | Path, *, kind: str = "vox2", clips: int = 40, seed: int 
     manifest = out / "manifest.jsonl"
     write_manifest(manifest, records)
     return manifest
+
+
+def add_media_args(ap: argparse.ArgumentParser, clips: int = 24) -> None:
+    """``--media DIR`` / ``--clips N``: the options of the benchmarks that read VoxCeleb2-format media."""
+    ap.add_argument("--media", help="a folder written by benchmarks/voxceleb_media.py (vox2); default: generate")
+    ap.add_argument("--clips", type=int, default=clips, help="clips to generate when --media is not given")
+
+
+def bench_records(media: str | Path | None, clips: int, scratch: str | Path) -> list:
+    """The clip records of ``media`` (a folder written by :func:`generate`), or of ``clips``
+    VoxCeleb2-format clips generated under ``scratch`` when ``media`` is None."""
+    root = Path(media) if media else Path(scratch) / "vox2"
+    if not media:
+        generate(root, kind="vox2", clips=clips)
+    return read_manifest(root / "manifest.jsonl")
 
 
 def main(argv=None) -> None:
