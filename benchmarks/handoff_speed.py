@@ -46,8 +46,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import save_json  # noqa: E402
-from pipeline.extract.decode_pool import DecodedClip, _worker_init  # noqa: E402
-from pipeline.extract.shm_ring import iter_ring, slot_bytes_for  # noqa: E402
+from pipeline.extract.decode_pool import DecodedClip  # noqa: E402
+from pipeline.extract.shm_ring import iter_ring, slot_bytes_for, worker_init  # noqa: E402
 
 AUDIO_SAMPLES = int(7.8 * 16000)
 
@@ -150,7 +150,7 @@ def run_loader(n: int, size: int, mode: str, workers: int) -> tuple[float, float
 
     def run() -> None:
         loader = tud.DataLoader(_Clips(n, size, mode), batch_size=None, num_workers=workers, collate_fn=_identity,
-                                worker_init_fn=_worker_init, prefetch_factor=16)
+                                worker_init_fn=worker_init, prefetch_factor=16)
         consume_in_batches(_received(c, mode) for c in loader)
 
     parent, child = parent_and_children_s(run)
@@ -213,7 +213,7 @@ def real_media(n_clips: int, workers: int, repeats: int, min_items: int = 96) ->
 
     def loader():
         dl = tud.DataLoader(_Decode(recs, spec), batch_size=None, num_workers=workers, collate_fn=_identity,
-                            worker_init_fn=_worker_init, prefetch_factor=max(2, 64 // workers))
+                            worker_init_fn=worker_init, prefetch_factor=max(2, 64 // workers))
         for _ in dl:
             pass
 

@@ -12,8 +12,6 @@ import numpy as np
 from pipeline.extract.config import ExtractConfig
 from pipeline.extract.models import Models
 from pipeline.extract.shm_ring import available, iter_ring, slot_bytes_for
-from pipeline.extract.shm_ring import die_with_parent as _die_with_parent  # noqa: F401  (kept name)
-from pipeline.extract.shm_ring import worker_init as _worker_init  # noqa: F401  (preflight's workers)
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -125,7 +125,7 @@ def preprocess_waves(models, waves: Sequence[np.ndarray | None], errors: dict[in
     """Each clip's whole wave through the audio weights' preprocessing (``models.audio_preprocess``,
     e.g. ge2e_lstm ``pretrained``'s silence trimming), before segments are cut; a clip it
     raises on is recorded in ``errors`` and left out (None)."""
-    pre = getattr(models, "audio_preprocess", None)
+    pre = models.audio_preprocess
     if pre is None:
         return list(waves)
     out: list = []

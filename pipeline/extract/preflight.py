@@ -100,8 +100,8 @@ def warm_up() -> None:
 
 
 def _init_worker() -> None:
-    from pipeline.extract.decode_pool import _worker_init
-    _worker_init(0)
+    from pipeline.extract.shm_ring import worker_init
+    worker_init(0)
     warm_up()
 
 

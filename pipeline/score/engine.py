@@ -50,6 +50,7 @@ from pipeline.core.errors import ScoringError
 from pipeline.core.linalg import l2_normalize
 from pipeline.core.modes import parse_mode
 from pipeline.core.progress import progress_bar
+from pipeline.score.centering import space_name
 from pipeline.score.channels import DEFAULT_CHUNK, NO_HEAD_CHANNELS, Channel, score_channels
 from pipeline.score.files import Scores
 from pipeline.score.rows import CACHE_ARRAYS, embed_rows, present_rows, read_rows
@@ -119,7 +120,7 @@ def build_channels(cache, rows_e: np.ndarray, rows_t: np.ndarray | None, mode: s
         if bar:
             bar.close()
         if means:
-            emb -= means["".join(use)]
+            emb -= means[space_name(use)]
         if kind == "cosine":
             emb = l2_normalize(emb)
         tables.append((emb, present_rows(cache, r, use)))
@@ -197,10 +198,10 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
                 ct = ce
             else:
                 ce, speakers = normmod.cohort_from_head(src, head, enrol_use, batch_size=batch_size, progress=cb,
-                                                        center=mu("".join(enrol_use)))
+                                                        center=mu(space_name(enrol_use)))
                 ct = ce if enrol_use == test_use else \
                     normmod.cohort_from_head(src, head, test_use, batch_size=batch_size, progress=cb,
-                                             center=mu("".join(test_use)))[0]
+                                             center=mu(space_name(test_use)))[0]
             if bar:
                 bar.close()
             t1 = time.perf_counter()

@@ -48,8 +48,8 @@ def test_kill_points_hit_every_stage(series):
 
 
 def test_decode_workers_exit_when_extract_is_killed(series):
-    """Regression test (found by this suite, fixed in pipeline/extract/decode_pool.py
-    ``_worker_init`` with PR_SET_PDEATHSIG): after kill -9 of ``avfuse extract`` its
+    """Regression test (found by this suite, fixed in the decode workers' init, now
+    ``pipeline.extract.shm_ring.worker_init``, with PR_SET_PDEATHSIG): after kill -9 of ``avfuse extract`` its
     DataLoader decode worker lingered as an orphan (blocked at exit flushing decoded clips
     into a queue nobody reads; seen alive > 60 s), a full Python + torch process each."""
     first = next((k for k in series.log if k.get("workers_at_kill", 0) >= 1), None)
