@@ -74,7 +74,7 @@ def _resolve_device(device: str, remote: bool = False) -> str:
                    "workers; 'device' = the workers hand over the centre square at the source size (4x the "
                    "bytes for VoxCeleb2's 224 -> 112; ~9% less decode CPU) and torch's antialiased bilinear "
                    "resizes it on --device (frame folders stay on the CPU); 'auto' = device on CUDA, cpu on "
-                   "the CPU. Pixels differ by at most 1 level, embeddings by cosine > 0.9999 "
+                   "the CPU, or as an existing cache was begun. Pixels differ by at most 1 level, embeddings by cosine > 0.9999 "
                    "(docs/BENCHMARKS.md); 'device' is recorded in the provenance.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of 'random' weights.")
 @click.option("--max-failures", type=click.FloatRange(0, 1), default=0.01, show_default=True,

@@ -9,8 +9,8 @@ shared memory), ``embed`` (batched backbone passes), ``shard``
 
 from pipeline.extract.config import DTYPES, PRECISIONS, ExtractConfig
 from pipeline.extract.models import Models, clear_model_cache, get_models, resolve_config, resolve_weights
-from pipeline.extract.run import ExtractSummary, run_extract
+from pipeline.extract.run import ExtractSummary, follow_cache, run_extract
 from pipeline.extract.shard import compute_shard, failed_shard
 
 __all__ = ["DTYPES", "PRECISIONS", "ExtractConfig", "ExtractSummary", "Models", "clear_model_cache",
-           "compute_shard", "failed_shard", "get_models", "resolve_config", "resolve_weights", "run_extract"]
+           "compute_shard", "failed_shard", "follow_cache", "get_models", "resolve_config", "resolve_weights", "run_extract"]

@@ -29,8 +29,8 @@ from pipeline.extract.decode_pool import decode_spec, iter_decoded
 from pipeline.extract.models import Models, get_models, resolve_config
 from pipeline.extract.shard import ShardStats, embed_shard
 
-__all__ = ["ExtractConfig", "ExtractSummary", "build_provenance", "compute_pending", "prepare_extract",
-           "run_extract", "summarize"]
+__all__ = ["ExtractConfig", "ExtractSummary", "build_provenance", "compute_pending", "follow_cache",
+           "prepare_extract", "run_extract", "summarize"]
 
 
 @dataclass
@@ -98,17 +98,41 @@ def summarize(writer, *, shards_computed: int, stats: ShardStats, seconds: float
                           seconds=seconds, stats=stats, failures_path=str(writer.failures_path))
 
 
+def follow_cache(cfg: ExtractConfig, cache: str | Path, overwrite: bool = False) -> ExtractConfig:
+    """``cfg`` with ``resize_on="auto"`` resolved as the existing ``cache`` was made (its
+    provenance's ``config.resize_on``; absent = ``cpu``), so a cache begun on one device resumes
+    with ``auto`` on another (both resizes give the same embeddings to cosine > 0.9999, but a
+    cache holds one of them). Unchanged when ``resize_on`` is explicit, with ``overwrite``, or
+    when ``cache`` is not a readable cache (creating it then says what is wrong)."""
+    import dataclasses
+
+    if cfg.resize_on != "auto" or overwrite or not Path(cache).exists():
+        return cfg
+    from pipeline.cache.reader import EmbeddingCache
+    from pipeline.core.errors import AvfuseError
+    try:
+        old = EmbeddingCache(cache)
+    except (AvfuseError, OSError):
+        return cfg
+    try:
+        recorded = (old.provenance.get("config") or {}).get("resize_on", "cpu")
+    finally:
+        old.close()
+    return dataclasses.replace(cfg, resize_on=recorded) if recorded in ("cpu", "device") else cfg
+
+
 def prepare_extract(manifest: str | Path, cache: str | Path, cfg: ExtractConfig, *, overwrite: bool = False,
                     models: Models | None = None):
     """Resolve and check the config, read the manifest, load the backbones and create or
-    reopen the cache. Returns ``(cfg, records, models, writer)``. Shared with the Dask runner:
+    reopen the cache (``resize_on="auto"`` follows an existing cache: :func:`follow_cache`).
+    Returns ``(cfg, records, models, writer)``. Shared with the Dask runner:
     a driver without the workers' device passes ``models=get_models(replace(cfg, device="cpu"))``
     (the backbone infos do not depend on the device; the provenance's compute precision
     comes from ``cfg``)."""
     from data_manifests.manifest import read_manifest
     from pipeline.cache.layout import CacheLayout
     from pipeline.cache.writer import create_cache
-    cfg = resolve_config(cfg)
+    cfg = follow_cache(resolve_config(cfg), cache, overwrite)
     cfg.validate()
     records = read_manifest(manifest)
     if not records:

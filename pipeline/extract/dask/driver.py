@@ -68,7 +68,7 @@ from pipeline.extract.dask.worker import (
     shard_task,
 )
 from pipeline.extract.models import worker_weights
-from pipeline.extract.run import prepare_extract, repair_and_pending
+from pipeline.extract.run import follow_cache, prepare_extract, repair_and_pending
 from pipeline.extract.shard import ShardStats
 
 __all__ = ["ClusterOptions", "DistributedSummary", "ExtractPlugin", "open_cluster", "run_distributed",
@@ -123,7 +123,7 @@ def run_distributed(manifest: str | Path, cache: str | Path, cfg: ExtractConfig,
     ``on_shard(k, report)`` runs after shard k is done. Returns the run's summary."""
     log = log or log_stderr
     t_start = time.perf_counter()
-    precision = cfg.compute_precision()
+    precision, cfg = cfg.compute_precision(), follow_cache(cfg, cache, overwrite)
     driver_cfg = dataclasses.replace(cfg, device="cpu", precision=precision, resize_on=cfg.compute_resize_on())
     # an absolute manifest path makes the records' media paths absolute: workers may run elsewhere
     rcfg, records, models, writer = prepare_extract(Path(manifest).resolve(), cache, driver_cfg,

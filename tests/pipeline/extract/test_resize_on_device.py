@@ -100,3 +100,28 @@ def test_option_in_the_provenance_and_nothing_left_in_dev_shm(media, tmp_path):
     assert not (new & set(os.listdir("/dev/shm"))), new
     with pytest.raises(ConfigError, match="resize_on"):
         dataclasses.replace(CFG, resize_on="gpu").validate()
+
+
+def test_auto_resumes_a_cache_as_it_was_begun(media, tmp_path):
+    """``auto`` follows an existing cache's recorded resize (``device`` begun on a GPU box,
+    resumed on a CPU one: ``auto`` alone would pick ``cpu`` there and be refused)."""
+    from pipeline.cache import open_cache
+    from pipeline.core import CacheError
+    from pipeline.extract import follow_cache
+    path = tmp_path / "c.zarr"
+    first = run_extract(media, path, dataclasses.replace(CFG, resize_on="device"), progress=False)
+    assert first.shards_computed == 2
+    auto = dataclasses.replace(CFG, resize_on="auto")
+    assert auto.compute_resize_on() == "cpu"                          # what auto picks on this CPU
+    assert follow_cache(auto, path).resize_on == "device"
+    assert follow_cache(auto, path, overwrite=True).resize_on == "auto"
+    assert follow_cache(auto, tmp_path / "none.zarr").resize_on == "auto"
+    with pytest.raises(CacheError, match="made differently"):        # explicit choices are not followed
+        run_extract(media, path, dataclasses.replace(CFG, resize_on="cpu"), progress=False)
+    again = run_extract(media, path, auto, progress=False)
+    assert again.shards_computed == 0 and again.shards_skipped == 2
+    with open_cache(path) as c:
+        assert c.provenance["config"]["resize_on"] == "device"
+    cpu_path = tmp_path / "cpu.zarr"
+    run_extract(media, cpu_path, dataclasses.replace(CFG, resize_on="cpu"), progress=False)
+    assert follow_cache(dataclasses.replace(auto, device="cuda"), cpu_path).compute_resize_on() == "cpu"
