@@ -96,6 +96,10 @@ class BackboneEntry:
         raise BackboneError(f"backbone {self.name!r} has no input preprocessing {name!r}",
                             hint=f"its preprocessings: {', '.join(known) or 'none'}")
 
+    def named_weights(self, name: str | None) -> Weights | None:
+        """The named weights ``name``, or None when it names none (a path, ``random``, None)."""
+        return next((w for w in self.weights if w.name == name), None)
+
     def get_weights(self, name: str) -> Weights:
         for w in self.weights:
             if w.name == name:

@@ -43,28 +43,33 @@ def _weights_key(w: str | None) -> tuple:
         return (w,)
 
 
-def resolve_weights(backbone: str | None, weights: str | None) -> str | None:
-    """A named weights entry of ``backbone`` (e.g. ``"pretrained"``: ge2e_lstm's resemblyzer
-    file, checksum-checked) -> its path; ``"random"``, paths and None unchanged."""
+def _named(backbone: str | None, weights: str | None):
+    """The registry's named weights entry ``weights`` of ``backbone``; None for a path,
+    ``random`` or None."""
     if weights in (None, "random") or not backbone:
-        return weights
+        return None
     from extractors.registry import get_backbone
 
-    entry = get_backbone(backbone)
-    if any(w.name == weights for w in entry.weights) or weights == "pretrained":
-        return str(entry.get_weights(weights).path())
-    return weights
+    return get_backbone(backbone).named_weights(weights)
+
+
+def resolve_weights(backbone: str | None, weights: str | None) -> str | None:
+    """A named weights entry of ``backbone`` (e.g. ``"pretrained"``: ge2e_lstm's resemblyzer
+    file, checksum-checked) -> its path; ``"random"``, paths and None unchanged. ``"pretrained"``
+    of a backbone without it raises ``BackboneError`` with the names it has."""
+    named = _named(backbone, weights)
+    if named is None and weights == "pretrained" and backbone:
+        from extractors.registry import get_backbone
+
+        named = get_backbone(backbone).get_weights(weights)       # raises, naming the known ones
+    return str(named.path()) if named is not None else weights
 
 
 def worker_weights(backbone: str | None, given: str | None, resolved: str | None) -> str | None:
     """The weights a Dask worker gets: named weights (e.g. "pretrained") and "random" as
     given, each worker resolving its own packaged file (sha256 checked); a checkpoint path
     made absolute."""
-    if given in (None, "random") or not backbone:
-        return given
-    from extractors.registry import get_backbone
-
-    if given in {w.name for w in get_backbone(backbone).weights}:
+    if given in (None, "random") or not backbone or _named(backbone, given) is not None:
         return given
     return str(Path(resolved).resolve())
 
@@ -76,13 +81,9 @@ def resolve_config(cfg: ExtractConfig) -> ExtractConfig:
     import dataclasses
 
     pre = cfg.audio_preprocess
-    if cfg.audio_backbone and cfg.audio_weights not in (None, "random"):
-        from extractors.registry import get_backbone
-
-        entry = get_backbone(cfg.audio_backbone)
-        named = [w for w in entry.weights if w.name == cfg.audio_weights]
-        if named:
-            pre = named[0].preprocess.name if named[0].preprocess is not None else None
+    named = _named(cfg.audio_backbone, cfg.audio_weights)
+    if named is not None:
+        pre = named.preprocess.name if named.preprocess is not None else None
     return dataclasses.replace(cfg, audio_weights=resolve_weights(cfg.audio_backbone, cfg.audio_weights),
                                face_weights=resolve_weights(cfg.face_backbone, cfg.face_weights),
                                audio_preprocess=pre)
