@@ -133,7 +133,7 @@ def phase_ours(args) -> dict:
     perm = torch.randperm(len(batch), generator=gen, device=batch.device)
     for s in range(0, len(batch), args.batch_size):
         idx = perm[s:s + args.batch_size]
-        mb = _mask_modalities(batch[idx].float(), 0.3, gen)
+        _mb = _mask_modalities(batch[idx].float(), 0.3, gen)
         _y = labels.index_select(0, idx)
     if batch.device.type == "cuda":
         torch.cuda.synchronize()
@@ -319,7 +319,7 @@ def main() -> None:
     path = Path(args.dir) / f"vox2dev-{n}x{args.ids}-{args.audio_dim}a{args.face_dim}v{args.steps}.zarr"
     args.cache_path = path
     t0 = time.perf_counter()
-    cache = make_cache(path, n, args.ids, args.audio_dim, args.face_dim, args.steps, args.shard_size)
+    make_cache(path, n, args.ids, args.audio_dim, args.face_dim, args.steps, args.shard_size)
     make_s = time.perf_counter() - t0
     import torch
     report = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
