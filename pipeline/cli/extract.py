@@ -9,8 +9,24 @@ import click
 from pipeline.cli.dask_options import dask_options, run_with_options
 
 
-def _default_workers() -> int:
-    return max(1, min(4, (os.cpu_count() or 1)))
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or ``taskset``'s share)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:        # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(device: str = "cpu", distributed: bool = False) -> int:
+    """Decode processes when ``--num-workers`` is not given. On CUDA in one process: every usable
+    core but one (the main process feeds the GPU): there the decode bounds the throughput
+    (28 CPU-ms per VoxCeleb2 clip against ~1 ms of GPU, docs/BENCHMARKS.md), and 4 workers on a
+    16-core box would take VoxCeleb2 dev from ~35 min to over 2 h. On the CPU, where the backbones
+    share the cores, and per task on a Dask cluster: ``min(4, cores)``."""
+    cores = usable_cores()
+    if device.startswith("cuda") and not distributed:
+        return max(1, cores - 1)
+    return max(1, min(4, cores))
 
 
 def _resolve_device(device: str, remote: bool = False) -> str:
@@ -52,7 +68,9 @@ def _resolve_device(device: str, remote: bool = False) -> str:
                    "most 8 images). "
                    "[default: 8 on CPU, 64 on CUDA]")
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
-              help=f"Decode worker processes (0: decode in the main process). [default: {_default_workers()}]")
+              help="Decode worker processes (0: decode in the main process); on a cluster, decode threads per "
+                   f"task. [default: with --device cuda, every usable core but one ({default_workers('cuda')} "
+                   f"here): decode bounds a GPU box; else min(4, cores) ({default_workers()} here)]")
 @click.option("--segments", type=click.IntRange(min=1), default=8, show_default=True,
               help="S equal audio segments per clip (as DCA).")
 @click.option("--frames", type=click.IntRange(min=1), default=8, show_default=True,
@@ -129,7 +147,8 @@ def extract_cmd(ctx: click.Context, manifest, cache, audio_backbone, audio_weigh
                         min_segment_seconds=min_segment_seconds, seed=seed, precision=precision,
                         segment_windows=segment_windows, resize_on=resize_on,
                         batch_size=batch_size or (64 if device.startswith("cuda") else 8),
-                        num_workers=_default_workers() if num_workers is None else num_workers,
+                        num_workers=num_workers if num_workers is not None else default_workers(
+                            device, distributed=dask.get("cluster", "none") != "none" or bool(dask.get("scheduler"))),
                         device=device)
     summary = run_with_options(manifest, cache, cfg, overwrite=overwrite, progress=not quiet,
                                torch_threads=threads, log=lambda m: click.echo(m, err=True), **dask)

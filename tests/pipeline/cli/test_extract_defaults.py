@@ -1,0 +1,38 @@
+"""``avfuse extract``'s default decode workers: on CUDA in one process, every usable core but
+one (decode bounds a GPU box); on the CPU and per task on a Dask cluster, at most 4. "Usable"
+is the process's CPU affinity, checked in a child process pinned to fewer cores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli.main import cli
+
+CHILD = ("import os, sys; os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:int(sys.argv[1])])); "
+         "from pipeline.cli.extract import default_workers as d, usable_cores as u; "
+         "print(u(), d('cuda'), d('cuda:1'), d('cpu'), d('cuda', distributed=True))")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+@pytest.mark.parametrize("cores", [1, 2])
+def test_defaults_follow_the_usable_cores(cores):
+    if len(os.sched_getaffinity(0)) < cores:
+        pytest.skip(f"needs {cores} usable cores")
+    out = subprocess.run([sys.executable, "-c", CHILD, str(cores)], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
+    u, cuda, cuda1, cpu, dist = map(int, out.stdout.split())
+    assert u == cores
+    assert cuda == cuda1 == max(1, cores - 1)
+    assert cpu == dist == min(4, cores)
+
+
+def test_help_states_both_defaults():
+    res = CliRunner().invoke(cli, ["extract", "--help"], terminal_width=200)
+    assert res.exit_code == 0
+    text = " ".join(res.output.split())
+    assert "every usable core but one" in text and "min(4, cores)" in text
