@@ -85,14 +85,16 @@ def length_batches(lengths: Sequence[int], max_items: int, max_samples: int | No
 
 def pad_stack(waves: Sequence[np.ndarray], out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Zero-pad 1-D float32 waves to a ``(B, T_max)`` array; returns it and the int64 lengths.
-    ``out`` (e.g. a pinned buffer's numpy view, at least that big) is filled when given."""
+    ``out`` (e.g. a pinned buffer's numpy view, at least that big; its content need not be zero)
+    is filled when given."""
     lengths = np.asarray([len(w) for w in waves], dtype=np.int64)
     tmax = int(lengths.max()) if len(lengths) else 0
     if out is None:
         out = np.zeros((len(waves), tmax), dtype=np.float32)
-    else:
+    else:                       # each element written once: the wave, then zeros after it
         out = out[: len(waves), :tmax]
-        out[...] = 0.0
+        for i, w in enumerate(waves):
+            out[i, len(w):] = 0.0
     for i, w in enumerate(waves):
         out[i, : len(w)] = w
     return out, lengths

@@ -56,7 +56,7 @@ def test_dry_run_json_has_every_section_with_numbers(dry):
     assert rz["clips"] == s["decode_sample"] and rz["decode_cpu_ms"]["device"] > 0
     assert rz["device_clips_per_s"] > 0 and rz["cpu_clips_per_s"] > 0
     assert 0.99 < rz["clip_cos"]["min"] <= 1.0 + 1e-6 and 0.99 < rz["frame_cos"]["min"] <= 1.0 + 1e-6
-    for way in ("pageable", "pinned per batch", "reused pinned buffer"):
+    for way in ("pageable", "pinned per batch", "reused pinned buffer", "staging (extract now)"):
         assert rz["copy_224"][way]["gb_per_s"] > 0
     e = res["extract"]
     assert e["clips"] == s["clips"] and e["failed_clips"] == 0 and e["clips_per_s"] > 0

@@ -2,7 +2,7 @@
 
 ``config`` (``ExtractConfig``), ``models`` (backbones once per process), ``decode_pool``
 (clips to arrays, in worker processes), ``shm_ring`` (those processes' hand-off through
-shared memory), ``embed`` (batched backbone passes), ``shard``
+shared memory), ``staging`` (host buffers batches are filled in), ``embed`` (batched backbone passes), ``shard``
 (one shard's clips end to end), ``run`` (the resumable single-process run) and
 ``dask/`` (the same work on a Dask cluster: ``cluster``, ``worker``, ``driver``).
 """

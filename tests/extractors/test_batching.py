@@ -56,3 +56,6 @@ def test_pad_stack():
     buf = np.full((4, 8), 9, np.float32)
     w2, _ = pad_stack([np.ones(2, np.float32)], out=buf)
     assert w2.shape == (1, 2) and w2.tolist() == [[1, 1]]
+    dirty = np.full((2, 5), 7, np.float32)             # a reused buffer: only the tails are zeroed
+    w3, _ = pad_stack([np.ones(3, np.float32), np.full(5, 2, np.float32)], out=dirty)
+    assert np.array_equal(w3, w) and w3.base is dirty or w3 is dirty
