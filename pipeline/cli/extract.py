@@ -2,31 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from pipeline.cli.dask_options import dask_options, run_with_options
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity: a container's or ``taskset``'s share)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:        # not on Linux
-        return os.cpu_count() or 1
-
-
-def default_workers(device: str = "cpu", distributed: bool = False) -> int:
-    """Decode processes when ``--num-workers`` is not given. On CUDA in one process: every usable
-    core but one (the main process feeds the GPU): there the decode bounds the throughput
-    (28 CPU-ms per VoxCeleb2 clip against ~1 ms of GPU, docs/BENCHMARKS.md), and 4 workers on a
-    16-core box would take VoxCeleb2 dev from ~35 min to over 2 h. On the CPU, where the backbones
-    share the cores, and per task on a Dask cluster: ``min(4, cores)``."""
-    cores = usable_cores()
-    if device.startswith("cuda") and not distributed:
-        return max(1, cores - 1)
-    return max(1, min(4, cores))
+from pipeline.extract.config import default_workers
 
 
 def _resolve_device(device: str, remote: bool = False) -> str:
@@ -92,8 +71,8 @@ def _resolve_device(device: str, remote: bool = False) -> str:
                    "workers; 'device' = the workers hand over the centre square at the source size (4x the "
                    "bytes for VoxCeleb2's 224 -> 112; ~9% less decode CPU) and torch's antialiased bilinear "
                    "resizes it on --device (frame folders stay on the CPU); 'auto' = device on CUDA, cpu on "
-                   "the CPU, or as an existing cache was begun. Pixels differ by at most 1 level, embeddings by cosine > 0.9999 "
-                   "(docs/BENCHMARKS.md); 'device' is recorded in the provenance.")
+                   "the CPU, or as an existing cache was begun. Pixels differ by at most 1 level, embeddings "
+                   "by cosine > 0.9999 (docs/BENCHMARKS.md); 'device' is recorded in the provenance.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of 'random' weights.")
 @click.option("--max-failures", type=click.FloatRange(0, 1), default=0.01, show_default=True,
               help="Exit 1 when more than this share of clips failed (they are still cached, flagged).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from pipeline.core.errors import ConfigError
@@ -107,3 +108,23 @@ class ExtractConfig:
         if self.compute_resize_on() != "cpu":   # likewise
             d["resize_on"] = self.compute_resize_on()
         return d
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or ``taskset``'s share)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:        # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(device: str = "cpu", distributed: bool = False) -> int:
+    """Decode processes when ``--num-workers`` is not given. On CUDA in one process: every usable
+    core but one (the main process feeds the GPU): there the decode bounds the throughput
+    (28 CPU-ms per VoxCeleb2 clip against ~1 ms of GPU, docs/BENCHMARKS.md), and 4 workers on a
+    16-core box would take VoxCeleb2 dev from ~35 min to over 2 h. On the CPU, where the backbones
+    share the cores, and per task on a Dask cluster: ``min(4, cores)``."""
+    cores = usable_cores()
+    if device.startswith("cuda") and not distributed:
+        return max(1, cores - 1)
+    return max(1, min(4, cores))

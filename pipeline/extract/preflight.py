@@ -15,12 +15,14 @@ Figures
   (the GPU box: ``--cores``, default 16); ``projected_hours_here`` the same on this
   machine's usable cores. Decode only: backbones, transfers and writes come on top, and
   decoding overlaps them in ``extract``.
+
+Faces are decoded as ``extract --device cuda`` does by default (``resize_on="device"``: centre
+crop only, the GPU resizes; ~2 CPU-ms per clip less than ``cpu``, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ import numpy as np
 
 from pipeline.core.errors import ConfigError, ManifestError
 from pipeline.core.progress import progress as progress_
+from pipeline.extract.config import usable_cores
 
 
 @dataclass
@@ -46,6 +49,7 @@ class PreflightResult:
     cores_here: int
     seconds: float                # wall time of the run
     sample_seed: int | None = None
+    resize_on: str = "device"     # how faces were decoded (extract's --resize-on)
     per_clip: list[dict] = field(default_factory=list, repr=False)
 
     @property
@@ -68,7 +72,7 @@ class PreflightResult:
         for f in self.failures:
             lines.append(f"  FAIL {f['clip_id']} [{f['modality']}] {f['error']}")
         lines.append(f"decode CPU per clip: {self.cpu_ms_per_clip:.1f} ms (audio {self.audio_cpu_ms_per_clip:.1f}, "
-                     f"video {self.video_cpu_ms_per_clip:.1f})")
+                     f"video {self.video_cpu_ms_per_clip:.1f}, faces as --resize-on {self.resize_on})")
         lines.append(f"projected decode time of the {self.manifest_clips} clips: "
                      f"{_hm(self.hours(self.cores_here))} on this machine ({self.cores_here} cores), "
                      f"{_hm(self.hours(self.cores))} on {self.cores} cores "
@@ -79,13 +83,6 @@ class PreflightResult:
 def _hm(hours: float) -> str:
     m = hours * 60
     return f"{m * 60:.1f} s" if m < 1 else (f"{m:.1f} min" if m < 120 else f"{hours:.2f} h")
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def warm_up() -> None:
@@ -110,7 +107,7 @@ def preflight_clip(rec, spec) -> dict:
     from pipeline.extract.decode_pool import DecodeSpec, decode_clip
     out = {"clip_id": rec.clip_id, "failures": [], "audio_ms": 0.0, "video_ms": 0.0}
     for key, part in (("audio_ms", DecodeSpec(spec.audio_sr, None, spec.frames)),
-                      ("video_ms", DecodeSpec(None, spec.face_size, spec.frames))):
+                      ("video_ms", DecodeSpec(None, spec.face_size, spec.frames, resize_on=spec.resize_on))):
         if part.audio_sr is None and part.face_size is None:
             continue
         t0 = time.process_time()
@@ -134,8 +131,10 @@ def sample_records(records: Sequence, n: int | None, seed: int) -> list:
 
 def run_preflight(manifest: str | Path, *, sample: int | None = None, seed: int = 0, workers: int = 0,
                   cores: int = 16, audio_sr: int | None = 16000, face_size: int | None = 112, frames: int = 8,
-                  progress: bool = True) -> PreflightResult:
-    """Decode the clips of ``manifest`` (or a seeded sample) as extract would; see the module docstring."""
+                  resize_on: str = "device", progress: bool = True) -> PreflightResult:
+    """Decode the clips of ``manifest`` (or a seeded sample) as extract would; see the module docstring.
+    ``resize_on``: ``device`` (default) decodes as ``extract --device cuda`` does by default (faces
+    only centre-cropped, resized by the GPU); ``cpu`` as on the CPU (+ PIL resize in the workers)."""
     from data_manifests.manifest import read_manifest
     from pipeline.extract.decode_pool import DecodeSpec
     if sample is not None and sample < 1:
@@ -146,7 +145,9 @@ def run_preflight(manifest: str | Path, *, sample: int | None = None, seed: int 
     if not records:
         raise ManifestError("the manifest holds no clips", path=manifest, hint="check how it was made")
     todo = sample_records(records, sample, seed)
-    spec = DecodeSpec(audio_sr=audio_sr, face_size=face_size, frames=frames)
+    if resize_on not in ("cpu", "device"):
+        raise ConfigError(f"resize_on must be cpu or device, got {resize_on!r}")
+    spec = DecodeSpec(audio_sr=audio_sr, face_size=face_size, frames=frames, resize_on=resize_on)
     bar = None
     if progress:
         bar = progress_(total=len(todo), desc="preflight", unit="clip", leave=True)
@@ -176,4 +177,5 @@ def run_preflight(manifest: str | Path, *, sample: int | None = None, seed: int 
                            video_cpu_ms_per_clip=sum(r["video_ms"] for r in rows) / n,
                            cores=int(cores), cores_here=usable_cores(), seconds=time.perf_counter() - t0,
                            sample_seed=seed if sample is not None and sample < len(records) else None,
+                           resize_on=resize_on,
                            per_clip=rows)

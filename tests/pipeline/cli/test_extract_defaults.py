@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from pipeline.cli.main import cli
 
 CHILD = ("import os, sys; os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:int(sys.argv[1])])); "
-         "from pipeline.cli.extract import default_workers as d, usable_cores as u; "
+         "from pipeline.extract.config import default_workers as d, usable_cores as u; "
          "print(u(), d('cuda'), d('cuda:1'), d('cpu'), d('cuda', distributed=True))")
 
 

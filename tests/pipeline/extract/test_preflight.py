@@ -11,7 +11,9 @@ import pytest
 from benchmarks.voxceleb_media import generate
 from data_manifests.manifest import ClipRecord, read_manifest, write_manifest
 from pipeline.cli.main import main
-from pipeline.extract.decode_pool import DecodeSpec, decode_clip
+from pipeline.core import ConfigError
+from pipeline.extract import ExtractConfig
+from pipeline.extract.decode_pool import DecodeSpec, decode_clip, decode_spec
 from pipeline.extract.preflight import run_preflight
 
 
@@ -58,6 +60,21 @@ def test_preflight_lists_extracts_failures(mixed):
     assert "gone.m4a" in by[("idbad/v/missing", "audio")]
     assert res.audio_cpu_ms_per_clip > 0 and res.video_cpu_ms_per_clip > 0
     assert res.hours(16) == pytest.approx(7 * res.cpu_ms_per_clip / 16 / 3.6e6)
+    assert res.resize_on == "device" and res.to_json()["resize_on"] == "device"   # as extract on CUDA
+    cpu = run_preflight(manifest, resize_on="cpu", progress=False)                 # as extract on a CPU
+    assert cpu.resize_on == "cpu" and sorted(cpu.failures, key=key) == sorted(res.failures, key=key)
+    with pytest.raises(ConfigError, match="resize_on"):
+        run_preflight(manifest, resize_on="gpu", progress=False)
+
+
+def test_preflight_default_is_extracts_decode_on_cuda(mixed):
+    """``extract --device cuda`` hands faces over centre-cropped at the source side (the GPU
+    resizes): preflight's default times that decode, not the CPU resize."""
+    _, records = mixed
+    cuda = decode_spec(ExtractConfig(face_backbone="iresnet18", face_weights="random", device="cuda"))
+    assert cuda.resize_on == "device" == run_preflight.__kwdefaults__["resize_on"]
+    faces = decode_clip(records[0], DecodeSpec(None, 112, 8, resize_on="device")).faces
+    assert faces.shape == (8, 3, 224, 224)
 
 
 def test_cli_json_sample_and_workers(mixed, capsys):
