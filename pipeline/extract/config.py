@@ -99,6 +99,16 @@ class ExtractConfig:
             return self.resize_on
         return "device" if self.device.startswith("cuda") else "cpu"
 
+    def describe(self) -> str:
+        """One line of how the run will go, for the log: backbones, device, precision, decode workers,
+        where faces are resized, batch size."""
+        nets = " + ".join(n for n in (self.audio_backbone, self.face_backbone) if n)
+        workers = f"{self.num_workers} decode workers" if self.num_workers else "decoding in this process"
+        faces = f"; faces resized on the {'device' if self.compute_resize_on() == 'device' else 'CPU'}" \
+            if self.face_backbone else ""
+        return (f"{nets} on {self.device} ({self.compute_precision()}); {workers}{faces}; "
+                f"batch {self.batch_size} clips")
+
     def embedding_config(self) -> dict:
         """The provenance ``config`` block: fields that change what is stored."""
         d = {k: getattr(self, k) for k in self.EMBEDDING_FIELDS}

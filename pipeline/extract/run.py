@@ -174,6 +174,9 @@ def run_extract(manifest: str | Path, cache: str | Path, cfg: ExtractConfig, *, 
         with writer.lock():
             pending = repair_and_pending(writer, progress)
             todo_rows = sum(writer.shard_slice(k).stop - writer.shard_slice(k).start for k in pending)
+            if progress:
+                print(f"avfuse: extract {todo_rows:,} of {writer.n_rows:,} clips ({len(pending):,} of "
+                      f"{writer.n_shards:,} shards): {cfg.describe()}", file=sys.stderr)
             with progress_(total=writer.n_rows, initial=writer.n_rows - todo_rows, unit="clip", enabled=progress,
                            tty_only=False, leave=True, desc="extract", smoothing=0.1) as bar:
                 try:

@@ -102,7 +102,7 @@ def test_option_in_the_provenance_and_nothing_left_in_dev_shm(media, tmp_path):
         dataclasses.replace(CFG, resize_on="gpu").validate()
 
 
-def test_auto_resumes_a_cache_as_it_was_begun(media, tmp_path):
+def test_auto_resumes_a_cache_as_it_was_begun(media, tmp_path, capsys):
     """``auto`` follows an existing cache's recorded resize (``device`` begun on a GPU box,
     resumed on a CPU one: ``auto`` alone would pick ``cpu`` there and be refused)."""
     from pipeline.cache import open_cache
@@ -118,8 +118,12 @@ def test_auto_resumes_a_cache_as_it_was_begun(media, tmp_path):
     assert follow_cache(auto, tmp_path / "none.zarr").resize_on == "auto"
     with pytest.raises(CacheError, match="made differently"):        # explicit choices are not followed
         run_extract(media, path, dataclasses.replace(CFG, resize_on="cpu"), progress=False)
-    again = run_extract(media, path, auto, progress=False)
+    capsys.readouterr()
+    again = run_extract(media, path, auto, progress=True)
     assert again.shards_computed == 0 and again.shards_skipped == 2
+    plan = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("avfuse: extract")]
+    assert plan == ["avfuse: extract 0 of 3 clips (0 of 2 shards): iresnet18 on cpu (fp32); 2 decode workers; "
+                    "faces resized on the device; batch 2 clips"]
     with open_cache(path) as c:
         assert c.provenance["config"]["resize_on"] == "device"
     cpu_path = tmp_path / "cpu.zarr"
