@@ -77,25 +77,52 @@ def load_head(path: str | Path, device: str = "cpu"):
     return head, meta
 
 
-def check_provenance(meta: dict, cache, *, force: bool = False, path: str | Path | None = None) -> None:
-    """Raise ``HeadError`` if the head was trained on a cache with other provenance.
+#: the extraction settings that shape the embedding space a head is trained in, besides the
+#: backbones: the segment/frame layout a head reads. The rest of a cache's provenance (its
+#: manifest, shard size, storage dtype, compute precision, where faces were resized, the avfuse
+#: version) does not move embeddings beyond float rounding, so a head trained on one corpus's
+#: cache (VoxCeleb2 dev) applies to another's (VoxCeleb1) without ``--force``.
+SPACE_CONFIG_KEYS = ("segments", "frames", "min_segment_seconds", "segment_windows")
 
-    Compares ``meta["cache_fingerprint"]`` (written by ``avfuse train``) with
-    ``cache.fingerprint``; ``force=True`` skips the check (the user's call).
+
+def _backbone_identity(info):
+    """A backbone info without where its weights file lay (a checkpoint identified by its sha256
+    may sit at another path on another machine)."""
+    if not isinstance(info, dict) or info.get("sha256") is None:
+        return info
+    return {k: v for k, v in info.items() if k != "weights"}
+
+
+def space_differences(trained_on: dict, cache: dict) -> list[str]:
+    """The provenance entries in which two caches' embedding spaces differ: the backbones (name,
+    weights checksum, input spec, preprocessing, seed of random weights) and ``SPACE_CONFIG_KEYS``
+    of their ``config``. Empty: a head trained on one applies to the other."""
+    diffs = [k for k in ("audio_backbone", "face_backbone")
+             if _backbone_identity(trained_on.get(k)) != _backbone_identity(cache.get(k))]
+    a, b = trained_on.get("config") or {}, cache.get("config") or {}
+    return diffs + [f"config.{k}" for k in SPACE_CONFIG_KEYS if a.get(k) != b.get(k)]
+
+
+def check_provenance(meta: dict, cache, *, force: bool = False, path: str | Path | None = None) -> None:
+    """Raise ``HeadError`` if the head was trained in another embedding space than ``cache``'s.
+
+    The same cache (``meta["cache_fingerprint"]``, written by ``avfuse train``, equals
+    ``cache.fingerprint``) passes; so does any cache whose provenance differs from the recorded
+    ``meta["cache_provenance"]`` only outside the embedding space (:func:`space_differences`:
+    another manifest, e.g. trained on VoxCeleb2 dev and scored on VoxCeleb1). A checkpoint
+    without a recorded provenance must match the fingerprint. ``force=True`` skips the check.
     """
     want = meta.get("cache_fingerprint")
     if force or want is None or want == cache.fingerprint:
         return
-    prov = meta.get("cache_provenance") or {}
-    diffs = []
-    for key in ("audio_backbone", "face_backbone", "manifest_fingerprint", "config"):
-        a, b = prov.get(key), (cache.provenance or {}).get(key)
-        if a != b:
-            diffs.append(key)
-    what = f" (differs in: {', '.join(diffs)})" if diffs else ""
-    raise HeadError(f"head was trained on a cache with fingerprint {want}, this cache is "
-                    f"{cache.fingerprint}{what}", path=path,
-                    hint="retrain the head on this cache, or pass --force if the embeddings are compatible")
+    prov = meta.get("cache_provenance")
+    diffs = space_differences(prov, cache.provenance or {}) if isinstance(prov, dict) else ["no recorded provenance"]
+    if not diffs:
+        return
+    raise HeadError(f"head was trained in another embedding space: on a cache with fingerprint {want}, "
+                    f"this cache is {cache.fingerprint} (differs in: {', '.join(diffs)})", path=path,
+                    hint="retrain the head on embeddings from the same backbones and settings, or pass --force "
+                         "if the embeddings are compatible")
 
 
 def check_dims(head, cache, path: str | Path | None = None) -> None:

@@ -79,7 +79,8 @@ def parse_ints(text: str, what: str) -> list[int] | None:
               help="Synthetic corpus folder (synth_info.json): DCA gate statistics by clip condition.")
 @click.option("--no-skip", "no_skip", is_flag=True,
               help="Fail on trials a mode cannot score instead of skipping them (and counting them).")
-@click.option("--force", is_flag=True, help="Use head checkpoints trained on a cache with another fingerprint.")
+@click.option("--force", is_flag=True, help="Use head checkpoints trained in another embedding space "
+                                                 "(other backbones or segment/frame settings).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars; print only the table.")
 def ablate_cmd(cache_path, trials_path, out_dir, heads, modes, runs_dir, train, dev_trials, config_path, epochs,
                batch_size, lr, mask_prob, seed, split, device, missing_text, missing_seed, lengths_text, sweeps,

@@ -29,7 +29,8 @@ _CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
               help="Analyse fixed pieces of this many seconds (2311.05071: 3) built from the cached segment and "
                    "frame embeddings, instead of whole clips; clips shorter than one piece are left out. "
                    "Scores (--trials) stay per clip.")
-@click.option("--force", is_flag=True, help="Use heads trained on a cache with another fingerprint.")
+@click.option("--force", is_flag=True, help="Use heads trained in another embedding space "
+                                                 "(other backbones or segment/frame settings).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def analyze_cmd(cache_path, out_dir, heads, trials_path, split, modes, max_clips, seed, with_umap, clip_seconds, force,
                 quiet) -> None:

@@ -77,8 +77,9 @@ def _head_info(path: str, head, meta: dict) -> dict:
               help="Drop trials naming utterances absent from the cache (or lacking every "
                    "modality the mode compares) instead of failing; the sidecar counts them.")
 @click.option("--force", is_flag=True,
-              help="Score even if the head was trained on a cache with another fingerprint "
-                   "(or the cohort cache comes from other backbones).")
+              help="Score even if the head was trained in another embedding space (other backbones or "
+                   "segment/frame settings; another corpus with the same ones is fine), or the cohort "
+                   "cache comes from other backbones.")
 @click.option("--out", "out_paths", required=True, multiple=True, type=click.Path(),
               help="Scores TSV to write (one per --trials, in order); provenance goes to <out>.json.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True,

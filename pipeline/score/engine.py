@@ -139,7 +139,8 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
     ``norm`` is ``none``, ``snorm`` or ``asnorm`` with ``cohort`` a
     ``pipeline.score.norm.resolve_cohort`` spec. Missing utterances and unscorable trials
     raise ``ScoringError`` unless ``skip_missing``. ``head_meta`` (from ``load_head``):
-    a head trained on a cache with another fingerprint raises ``HeadError`` unless
+    a head trained in another embedding space (``fusion.checkpoint.space_differences``: other
+    backbones or segment/frame settings; another manifest is fine) raises ``HeadError`` unless
     ``force``. ``mean_sub`` (a ``resolve_cohort`` spec): subtract the mean embedding of that
     source from every scored and cohort embedding first (``pipeline.score.centering``).
     ``Scores.info`` has the counts and phase timings.
