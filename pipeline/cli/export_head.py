@@ -21,8 +21,9 @@ def export_head_cmd(run: Path, onnx_path: Path, opset: int, check: bool) -> None
     \b
     avfuse export-head runs/dca.pt --onnx dca.onnx
 
-    The model computes the head's embed with a dynamic batch axis (and dynamic step axes
-    for the attention heads). Inputs, float32 / bool:
+    The model computes the head's embed with a dynamic batch axis (the attention heads'
+    step axes are static: their step count is part of the architecture). Inputs,
+    float32 / bool:
 
     \b
     clip heads      audio_clip (B,Da) face_clip (B,Dv) has_audio (B,) has_face (B,)
