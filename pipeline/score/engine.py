@@ -287,13 +287,14 @@ def _compact(n: int, *idx: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
 
 
 def check_cohort_cache(cohort_cache, cache, *, force: bool = False, what: str = "cohort") -> None:
-    """A cohort from another cache must come from the same backbones (else ``ScoringError``
-    unless ``force``): its embeddings must live in the same space."""
+    """A cohort from another cache must live in the same embedding space (else ``ScoringError``
+    unless ``force``): the same backbones, by checksum, and segment/frame settings
+    (``fusion.checkpoint.space_differences``, the rule a head's cache is checked by)."""
     if force:
         return
-    a, b = cohort_cache.provenance or {}, cache.provenance or {}
-    diffs = [k for k in ("audio_backbone", "face_backbone") if a.get(k) != b.get(k)]
+    from fusion.checkpoint import space_differences
+    diffs = space_differences(cohort_cache.provenance or {}, cache.provenance or {})
     if diffs:
-        raise ScoringError(f"{what} cache {cohort_cache.path} was extracted with other backbones "
+        raise ScoringError(f"{what} cache {cohort_cache.path} was extracted with other backbones or settings "
                            f"({', '.join(diffs)} differ) than {cache.path}",
-                           hint="use a cohort extracted with the same backbones, or --force")
+                           hint="use a cohort extracted with the same backbones and settings, or --force")

@@ -74,3 +74,16 @@ def test_trained_on_one_corpus_scores_another(caches, invoke):
     code, _, err = invoke(["score", "--cache", made["other_ckpt"].path, "--trials", trials, "--mode", "AVxAV",
                            "--head", head, "--out", root / "other.tsv", "--quiet", "--force"])
     assert code == 0, err
+
+
+def test_a_cohort_from_another_cache_must_share_the_space(caches, invoke):
+    """S-norm/AS-norm and --mean-sub sources from another cache follow the same rule."""
+    root, train, made, trials = caches
+    base = ["score", "--cache", made["vox1"].path, "--trials", trials, "--mode", "AxA", "--quiet"]
+    code, _, err = invoke(base + ["--norm", "snorm", "--cohort", f"{train.path}:train", "--out", root / "sn.tsv"])
+    assert code == 0, err                                                   # another corpus, same space
+    code, _, err = invoke(base + ["--norm", "snorm", "--cohort", f"{made['other_ckpt'].path}:test",
+                                  "--out", root / "sn2.tsv"])
+    assert code == 2 and "audio_backbone" in err and "--force" in err
+    code, _, err = invoke(base + ["--mean-sub", f"{made['other_ckpt'].path}:test", "--out", root / "ms.tsv"])
+    assert code == 2 and "audio_backbone" in err
