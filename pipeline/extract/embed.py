@@ -96,35 +96,74 @@ def faces_on_device(clips: Sequence[np.ndarray], size: int, device: str):
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
-def _run_batches(batches: list[np.ndarray], forward: Callable[[np.ndarray], np.ndarray],
+class Pending:
+    """A batch's embeddings (a float tensor whose first axis is the batch) on their way to the host.
+    On CUDA the copy is started non-blocking into pinned memory, with an event after it, so the
+    next batch can be prepared and launched before this one is waited for (``result``); on the
+    CPU they are already there."""
+
+    def __init__(self, emb):
+        self.event = None
+        if emb.is_cuda:
+            import torch
+            self.host = emb.to("cpu", non_blocking=True)      # pinned: torch pins a non-blocking D2H target
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = emb
+
+    def result(self) -> np.ndarray:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.numpy()
+
+
+def _run_batches(batches: list[np.ndarray], forward: Callable[[np.ndarray], Pending],
                  owner: Callable[[int], int], errors: dict[int, Any], out: dict[int, np.ndarray],
                  after: Callable[[np.ndarray], None] | None = None) -> None:
     """Run ``forward`` on each batch of item indices; on an exception retry item by item.
-    Results go to ``out[item]``; a failing or non-finite item records ``errors[owner(item)]``."""
-    for b in batches:
-        try:
-            emb = forward(b)
-            results = list(zip(b.tolist(), emb))
-        except Exception:
-            if len(b) == 1:
-                results = []
-                try:
-                    results = [(int(b[0]), forward(b)[0])]
-                except Exception as e:
-                    errors.setdefault(owner(int(b[0])), e)
-            else:
-                results = []
-                for i in b.tolist():
-                    try:
-                        results.append((i, forward(np.asarray([i]))[0]))
-                    except Exception as e:
-                        errors.setdefault(owner(i), e)
-        for i, e in results:
+    Results go to ``out[item]``; a failing or non-finite item records ``errors[owner(item)]``;
+    ``after(batch)`` follows each batch, in order. On CUDA batch k+1 is launched before batch k's
+    embeddings are waited for (one batch in flight: the host prepares the next batch while the
+    device computes); on the CPU each batch is collected as it comes."""
+    def one_by_one(b: np.ndarray) -> list:
+        results = []
+        for i in b.tolist():
+            try:
+                results.append((i, forward(np.asarray([i])).result()[0]))
+            except Exception as e:
+                errors.setdefault(owner(i), e)
+        return results
+
+    def collect(b: np.ndarray, pending: Pending | None) -> None:
+        results = None
+        if pending is not None:
+            try:
+                results = list(zip(b.tolist(), pending.result()))
+            except Exception:
+                results = None
+        for i, e in one_by_one(b) if results is None else results:
             if not np.isfinite(e).all():
                 errors.setdefault(owner(i), "non-finite embedding (NaN/Inf) from the backbone")
             out[i] = e
         if after is not None:
             after(b)
+
+    waiting = None
+    for b in batches:
+        try:
+            launched = forward(b)
+        except Exception:
+            launched = None
+        if waiting is not None:
+            collect(*waiting)
+            waiting = None
+        if launched is not None and launched.event is not None:
+            waiting = (b, launched)      # still on the device: collected once the next batch is launched
+        else:
+            collect(b, launched)         # on the CPU the forward already ran (its buffers are reused next)
+    if waiting is not None:
+        collect(*waiting)
 
 
 def preprocess_waves(models, waves: Sequence[np.ndarray | None], errors: dict[int, Any]) -> list:
@@ -182,13 +221,13 @@ def embed_audio(models, waves: Sequence[np.ndarray | None], cfg) -> AudioResult:
             item_clip.append(i)
     lengths = np.asarray([len(x) for x in items], dtype=np.int64)
 
-    def forward(idx: np.ndarray) -> np.ndarray:
+    def forward(idx: np.ndarray) -> Pending:
         batch = [items[j] for j in idx.tolist()]
         arr, wave = host_buffer((len(batch), max(len(x) for x in batch)), np.float32, models.device)
         _, lens = pad_stack(batch, out=arr)          # filled in place: pinned on CUDA, reused on CPU
         with torch.inference_mode(), _autocast(models):
             emb = models.audio(to_device(wave, models.device), _to_device(lens, models.device))
-        return emb.float().cpu().numpy()
+            return Pending(emb.float())
 
     out: dict[int, np.ndarray] = {}
     bs = cfg.batch_size
@@ -228,15 +267,14 @@ def embed_faces(models, faces: Sequence[np.ndarray | None], valids: Sequence[np.
 
     crop = int(spec["crop"])
 
-    def forward(idx: np.ndarray) -> np.ndarray:
+    def forward(idx: np.ndarray) -> Pending:
         with torch.inference_mode():     # (b*F, 3, crop, crop) float; resized here if handed over bigger
             t = faces_on_device([faces[have[j]] for j in idx.tolist()], crop, models.device)
             t = t.div_(255.0).sub_(mean).div_(std)
             t = t.contiguous(memory_format=torch.channels_last)
             with _autocast(models):
                 emb = models.face(t)
-            emb = emb.float().cpu().numpy()
-        return emb.reshape(len(idx), F, -1)
+            return Pending(emb.float().reshape(len(idx), F, -1))
 
     errors: dict[int, Any] = {}
     out: dict[int, np.ndarray] = {}
