@@ -14,8 +14,9 @@ was a fresh array (``np.zeros``), then, on CUDA, copied once more into pinned me
   threads at once.
 
 Measured (``benchmarks/main_process_speed.py``, null backbones, 720 VoxCeleb2-format clips, CPU):
-main-process CPU 1.91 -> 1.75 ms per clip (x1.09; a fresh array sometimes costs much more once a
-run is warm: page faults and huge-page compaction, 2.4 ms per clip in one run). On CUDA it also
+main-process CPU 1.91 -> 1.75 and 2.39 -> 1.95 ms per clip in two runs (x1.09, x1.23; a fresh array
+sometimes costs much more once a run is warm: page faults and huge-page compaction, 2.4 ms per clip
+in one run). On CUDA it also
 saves the copy into pinned memory, not measured here (no GPU).
 """
 
