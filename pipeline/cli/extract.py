@@ -106,6 +106,7 @@ def extract_cmd(ctx: click.Context, manifest, cache, audio_backbone, audio_weigh
           --face-backbone iresnet18 --face-weights random
     """
     from pipeline.extract.config import ExtractConfig
+    from pipeline.extract.dask.cluster import ClusterOptions
     for mod, name, w in (("audio", audio_backbone, audio_weights), ("face", face_backbone, face_weights)):
         if name and not w:
             raise click.UsageError(f"--{mod}-backbone {name} needs --{mod}-weights: a checkpoint path, "
@@ -127,7 +128,8 @@ def extract_cmd(ctx: click.Context, manifest, cache, audio_backbone, audio_weigh
                         segment_windows=segment_windows, resize_on=resize_on,
                         batch_size=batch_size or (64 if device.startswith("cuda") else 8),
                         num_workers=num_workers if num_workers is not None else default_workers(
-                            device, distributed=dask.get("cluster", "none") != "none" or bool(dask.get("scheduler"))),
+                            device, distributed=ClusterOptions(cluster=dask["cluster"],
+                                                               scheduler=dask["scheduler"]).enabled),
                         device=device)
     summary = run_with_options(manifest, cache, cfg, overwrite=overwrite, progress=not quiet,
                                torch_threads=threads, log=lambda m: click.echo(m, err=True), **dask)

@@ -24,7 +24,7 @@ import numpy as np
 
 from extractors.batching import length_batches, pad_stack, segment_plan, tile_to_length
 from extractors.windows import centre_window_plan, front_padded, window_samples
-from pipeline.extract.staging import host_buffer, to_device
+from pipeline.extract.staging import array_to_device, host_buffer, to_device
 
 #: cap on padded samples per audio batch, in seconds of audio per clip slot
 MAX_SECONDS_PER_SLOT = 20.0
@@ -57,14 +57,6 @@ def _autocast(models):
         dev = "cuda" if models.device.startswith("cuda") else "cpu"
         return torch.autocast(device_type=dev, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def _to_device(arr: np.ndarray, device: str):
-    import torch
-    t = torch.from_numpy(arr)
-    if device.startswith("cuda"):
-        return t.pin_memory().to(device, non_blocking=True)
-    return t
 
 
 def resize_faces(t, size: int):
@@ -226,7 +218,7 @@ def embed_audio(models, waves: Sequence[np.ndarray | None], cfg) -> AudioResult:
         arr, wave = host_buffer((len(batch), max(len(x) for x in batch)), np.float32, models.device)
         _, lens = pad_stack(batch, out=arr)          # filled in place: pinned on CUDA, reused on CPU
         with torch.inference_mode(), _autocast(models):
-            emb = models.audio(to_device(wave, models.device), _to_device(lens, models.device))
+            emb = models.audio(to_device(wave, models.device), array_to_device(lens, models.device))
             return Pending(emb.float())
 
     out: dict[int, np.ndarray] = {}

@@ -16,8 +16,7 @@ was a fresh array (``np.zeros``), then, on CUDA, copied once more into pinned me
 Measured (``benchmarks/main_process_speed.py``, null backbones, 720 VoxCeleb2-format clips, CPU):
 main-process CPU 1.91 -> 1.75 and 2.39 -> 1.95 ms per clip in two runs (x1.09, x1.23; a fresh array
 sometimes costs much more once a run is warm: page faults and huge-page compaction, 2.4 ms per clip
-in one run). On CUDA it also
-saves the copy into pinned memory, not measured here (no GPU).
+in one run). On CUDA it also saves the copy into pinned memory, not measured here (no GPU).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["host_buffer", "to_device"]
+__all__ = ["array_to_device", "host_buffer", "to_device"]
 
 _LOCAL = threading.local()
 #: a CPU buffer grows to this much more than the batch that outgrew it, so a run's slowly
@@ -56,3 +55,11 @@ def to_device(t, device: str):
     """``t`` (from :func:`host_buffer`) on ``device``: a non-blocking copy from pinned memory on
     CUDA, the tensor itself on the CPU."""
     return t.to(device, non_blocking=True) if device.startswith("cuda") else t
+
+
+def array_to_device(arr: np.ndarray, device: str):
+    """A small array built elsewhere (e.g. a batch's lengths) on ``device``: pinned, then copied
+    non-blocking on CUDA; the array's own memory as a tensor on the CPU."""
+    import torch
+    t = torch.from_numpy(arr)
+    return t.pin_memory().to(device, non_blocking=True) if device.startswith("cuda") else t
