@@ -4,9 +4,9 @@ On the GPU box the decode workers (every core but one) make ~560 clips/s (docs/B
 the one main process receives them (shared-memory ring), cuts the audio segments, pads and
 batches, calls the backbones, gathers the embeddings and writes the shards. If that costs more
 than ~1.8 CPU-ms per clip, the main process, not the decode, bounds the hour. Measured here with
-the backbones replaced by **null backbones** (registered in this script only: audio 2 statistics
-of the waveform -> a 192-d linear map, faces the per-channel mean -> 512-d; microseconds per batch),
-so what remains is avfuse's own per-clip work around them:
+the backbones replaced by **null backbones** (registered in this script only: audio the mean of a
+strided subsample of the waveform -> a 192-d linear map, faces the per-channel mean -> 512-d;
+microseconds per batch), so what remains is avfuse's own per-clip work around them:
 
 * ``run_extract`` exactly as ``avfuse extract`` runs it (decode worker processes, ring hand-off,
   batch 64 clips as on CUDA, float16 Zarr cache, ``--resize-on cpu`` (on CUDA the resize is one
@@ -58,10 +58,10 @@ def register_null_backbones() -> None:
     class NullAudio(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.proj = torch.nn.Linear(2, 192)
+            self.proj = torch.nn.Linear(1, 192)
 
-        def forward(self, wave, lengths=None):
-            return self.proj(wave[:, ::400].float().mean(1, keepdim=True).expand(-1, 2))
+        def forward(self, wave, lengths=None):     # the mean of every 400th sample, mapped to 192-d
+            return self.proj(wave[:, ::400].float().mean(1, keepdim=True))
 
     class NullFace(torch.nn.Module):
         def __init__(self):
