@@ -22,41 +22,65 @@ KEYS = ("mode", "machine", "sizes", "media", "decode", "nvdec", "handoff", "resi
 
 
 class Busy:
-    """Mean GPU utilisation (share of time a kernel ran) while the block runs; None without CUDA."""
+    """Mean GPU utilisation (share of time a kernel ran) while the block runs; None without CUDA.
+
+    Sampled every 0.2 s by one ``nvidia-smi -lms 200`` process writing to a file: no thread in
+    this process (``extract`` forks its decode workers inside the block) and no process start per
+    sample. Without ``nvidia-smi``: ``torch.cuda.utilization()`` (needs pynvml) in a thread."""
 
     def __init__(self, cuda: bool):
         self.cuda, self.samples, self.stop = cuda, [], threading.Event()
-
-    def _read(self) -> float | None:
-        import torch
-        try:
-            return float(torch.cuda.utilization())
-        except Exception:  # no pynvml: ask nvidia-smi
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                  "-i", "0"], capture_output=True, text=True, timeout=5).stdout
-            return float(out.split()[0]) if out.strip() else None
+        self.proc = self.thread = self.log = None
 
     def _loop(self) -> None:
+        import torch
         while not self.stop.wait(0.2):
             try:
-                v = self._read()
-            except Exception:
+                self.samples.append(float(torch.cuda.utilization()))
+            except Exception:       # no pynvml either: no share
                 return
-            if v is not None:
-                self.samples.append(v)
 
     def __enter__(self):
-        if self.cuda:
+        if not self.cuda:
+            return self
+        import shutil
+        import tempfile
+        smi = shutil.which("nvidia-smi")
+        if smi:
+            self.log = tempfile.TemporaryFile(mode="w+")
+            self.proc = subprocess.Popen([smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                          "-i", "0", "-lms", "200"], stdout=self.log, stderr=subprocess.DEVNULL)
+        else:
             self.thread = threading.Thread(target=self._loop, daemon=True)
             self.thread.start()
         return self
 
     def __exit__(self, *exc):
         self.stop.set()
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.log.seek(0)
+            self.samples += parse_utilisation(self.log.read())
+            self.log.close()
+        if self.thread is not None:
+            self.thread.join(timeout=1)
 
     @property
     def share(self) -> float | None:
         return round(float(np.mean(self.samples)) / 100, 3) if self.samples else None
+
+
+def parse_utilisation(text: str) -> list[float]:
+    """The numbers of ``nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits`` output,
+    one per line; lines that are not a number (a cut last line, "[N/A]") are left out."""
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(float(line.strip()))
+        except ValueError:
+            continue
+    return out
 
 
 def projections(res: dict) -> dict:

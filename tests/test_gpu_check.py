@@ -98,3 +98,27 @@ def test_duration_table_matches_the_real_vox2_dev_durations(voxceleb_dir):
     assert abs(secs.mean() - VOX2_MEAN_S) < 1e-3
     pool = durations(64, 1e9)
     assert abs(pool.mean() - secs.mean()) < 0.15 and pool.min() >= 3.96
+
+
+def test_busy_share_reads_one_long_running_nvidia_smi(tmp_path, monkeypatch):
+    """The GPU busy share comes from one ``nvidia-smi -lms 200`` process writing to a file (no thread in
+    the process that forks decode workers). A stand-in ``nvidia-smi`` on PATH prints what the real one
+    prints (one number per line, a cut last line) until it is terminated; no CUDA needed."""
+    import time
+
+    from benchmarks.gpu_check_report import Busy, parse_utilisation
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n"
+                   'case "$*" in *"-lms 200"*) ;; *) exit 3 ;; esac\n'
+                   "printf '30\\n50\\n[N/A]\\n70\\n4'\nexec sleep 30\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with Busy(True) as b:
+        time.sleep(0.5)
+        assert b.proc is not None and b.thread is None
+    assert b.proc.returncode is not None                 # terminated, not left running
+    assert b.samples == [30.0, 50.0, 70.0, 4.0] and b.share == 0.385
+    assert parse_utilisation("12\n\n[N/A]\n7\n") == [12.0, 7.0]
+    with Busy(False) as b:
+        pass
+    assert b.share is None and b.proc is None

@@ -74,16 +74,23 @@ def no_autocast(x: torch.Tensor):
 
 
 def check_wave(wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate/convert the forward contract ``(wave (B, T) float, lengths (B,) int)``."""
+    """Validate/convert the forward contract ``(wave (B, T) float, lengths (B,) int)``; the lengths
+    may be on the host (checked there, then copied to ``wave``'s device) or on ``wave``'s device."""
     from pipeline.core.errors import BackboneError
 
     if wave.dim() != 2:
         raise BackboneError(f"audio backbones take wave of shape (B, T), got {tuple(wave.shape)}")
-    lengths = torch.as_tensor(lengths, device=wave.device).long().reshape(-1)
+    lengths = torch.as_tensor(lengths).long().reshape(-1)
     if lengths.numel() != wave.shape[0]:
         raise BackboneError(f"lengths has {lengths.numel()} entries for a batch of {wave.shape[0]}")
-    if bool((lengths > wave.shape[1]).any()) or bool((lengths < 0).any()):
+    # checked where the lengths are: on the host (as avfuse extract passes them) this does not wait
+    # for the GPU; lengths already on the GPU cost one sync here
+    if bool(((lengths > wave.shape[1]) | (lengths < 0)).any()):
         raise BackboneError(f"lengths {lengths.tolist()} outside [0, {wave.shape[1]}]")
+    if lengths.device != wave.device:       # non-blocking from pinned memory: no stream sync
+        if wave.is_cuda and not lengths.is_pinned():
+            lengths = lengths.pin_memory()
+        lengths = lengths.to(wave.device, non_blocking=wave.is_cuda)
     return wave.float(), lengths
 
 

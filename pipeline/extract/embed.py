@@ -11,7 +11,8 @@ are normalised on the device, and resized there when handed over at the source s
 (``--resize-on device``: ``resize_faces``, torch's antialiased bilinear). On CPU: fp32, at most
 ``CPU_FACE_IMAGES`` images per face forward.
 
-A batch that raises is retried clip by clip, so one bad clip fails alone.
+A batch that raises is retried clip by clip, so one bad clip fails alone; an error of the GPU
+itself (``torch.AcceleratorError``) stops the run instead, keeping what was written.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from extractors.batching import length_batches, pad_stack, segment_plan, tile_to_length
 from extractors.windows import centre_window_plan, front_padded, window_samples
-from pipeline.extract.staging import array_to_device, host_buffer, to_device
+from pipeline.extract.staging import host_buffer, to_device
 
 #: cap on padded samples per audio batch, in seconds of audio per clip slot
 MAX_SECONDS_PER_SLOT = 20.0
@@ -99,8 +100,10 @@ class Pending:
         if emb.is_cuda:
             import torch
             self.host = emb.to("cpu", non_blocking=True)      # pinned: torch pins a non-blocking D2H target
-            self.event = torch.cuda.Event()
-            self.event.record()
+            # on the stream of emb's own GPU (the current device may be another one with cuda:N), and
+            # blocking: the waiting main thread sleeps instead of spinning a core the decode could use
+            self.event = torch.cuda.Event(blocking=True)
+            self.event.record(torch.cuda.current_stream(emb.device))
         else:
             self.host = emb
 
@@ -108,6 +111,22 @@ class Pending:
         if self.event is not None:
             self.event.synchronize()
         return self.host.numpy()
+
+
+def _raise_if_device_broken(e: Exception) -> None:
+    """Stop the run on an error of the accelerator itself (illegal address, device-side assert,
+    ...: ``torch.AcceleratorError``). CUDA reports such an error asynchronously, possibly at a
+    later batch's call, and it usually leaves the device unusable for the process: retrying clip
+    by clip would mark every later clip failed and write their shards as done. Out-of-memory and
+    errors of one input are not of this kind and are retried clip by clip as before."""
+    import torch
+    kind = getattr(torch, "AcceleratorError", None)
+    if kind is not None and isinstance(e, kind):
+        from pipeline.core.errors import BackboneError
+        raise BackboneError(f"the GPU reported an error ({str(e).splitlines()[0][:200]}); it leaves the "
+                            "device unusable for this run, so extraction stops here and what was written is kept",
+                            hint="rerun the same command to resume; `avfuse --debug` shows the traceback, "
+                                 "CUDA_LAUNCH_BLOCKING=1 names the failing call") from e
 
 
 def _run_batches(batches: list[np.ndarray], forward: Callable[[np.ndarray], Pending],
@@ -124,6 +143,7 @@ def _run_batches(batches: list[np.ndarray], forward: Callable[[np.ndarray], Pend
             try:
                 results.append((i, forward(np.asarray([i])).result()[0]))
             except Exception as e:
+                _raise_if_device_broken(e)
                 errors.setdefault(owner(i), e)
         return results
 
@@ -132,7 +152,8 @@ def _run_batches(batches: list[np.ndarray], forward: Callable[[np.ndarray], Pend
         if pending is not None:
             try:
                 results = list(zip(b.tolist(), pending.result()))
-            except Exception:
+            except Exception as e:
+                _raise_if_device_broken(e)
                 results = None
         for i, e in one_by_one(b) if results is None else results:
             if not np.isfinite(e).all():
@@ -145,7 +166,8 @@ def _run_batches(batches: list[np.ndarray], forward: Callable[[np.ndarray], Pend
     for b in batches:
         try:
             launched = forward(b)
-        except Exception:
+        except Exception as e:
+            _raise_if_device_broken(e)
             launched = None
         if waiting is not None:
             collect(*waiting)
@@ -218,7 +240,7 @@ def embed_audio(models, waves: Sequence[np.ndarray | None], cfg) -> AudioResult:
         arr, wave = host_buffer((len(batch), max(len(x) for x in batch)), np.float32, models.device)
         _, lens = pad_stack(batch, out=arr)          # filled in place: pinned on CUDA, reused on CPU
         with torch.inference_mode(), _autocast(models):
-            emb = models.audio(to_device(wave, models.device), array_to_device(lens, models.device))
+            emb = models.audio(to_device(wave, models.device), torch.from_numpy(lens))  # checked on the host
             return Pending(emb.float())
 
     out: dict[int, np.ndarray] = {}

@@ -25,7 +25,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["array_to_device", "host_buffer", "to_device"]
+__all__ = ["host_buffer", "to_device"]
 
 _LOCAL = threading.local()
 #: a CPU buffer grows to this much more than the batch that outgrew it, so a run's slowly
@@ -55,11 +55,3 @@ def to_device(t, device: str):
     """``t`` (from :func:`host_buffer`) on ``device``: a non-blocking copy from pinned memory on
     CUDA, the tensor itself on the CPU."""
     return t.to(device, non_blocking=True) if device.startswith("cuda") else t
-
-
-def array_to_device(arr: np.ndarray, device: str):
-    """A small array built elsewhere (e.g. a batch's lengths) on ``device``: pinned, then copied
-    non-blocking on CUDA; the array's own memory as a tensor on the CPU."""
-    import torch
-    t = torch.from_numpy(arr)
-    return t.pin_memory().to(device, non_blocking=True) if device.startswith("cuda") else t

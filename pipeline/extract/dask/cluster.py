@@ -69,6 +69,10 @@ class ClusterOptions:
         if self.devices is not None and not device.startswith("cuda"):
             raise ConfigError("--devices pins workers to GPUs, but --device is " + device,
                               hint="add --device cuda")
+        if self.cluster == "local" and device.startswith("cuda:"):
+            raise ConfigError(f"--device {device} with --cluster local: each local worker sees only the GPU it "
+                              "is pinned to, as cuda:0",
+                              hint=f"use --device cuda --devices {device.split(':', 1)[1]} to run on that GPU")
         if self.devices is not None and (not self.devices or any(not d.strip() for d in self.devices)):
             raise ConfigError(f"--devices must list GPU indices like 0,1,2,3, got {self.devices!r}")
         for key in ("workers", "threads_per_worker"):

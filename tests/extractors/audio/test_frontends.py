@@ -141,3 +141,21 @@ def test_frontends_ignore_samples_beyond_length():
         assert torch.equal(fa, fb)
         for i in range(len(waves)):
             torch.testing.assert_close(a[i, : fa[i]], b[i, : fb[i]], rtol=0, atol=1e-5)
+
+
+def test_check_wave_takes_host_lengths_and_refuses_bad_ones():
+    """The forward contract: lengths may come on the host (as ``avfuse extract`` passes them, so that
+    the check does not wait for the GPU) or on the wave's device; wrong count or range is refused."""
+    from extractors.audio.frontends import check_wave
+    from pipeline.core.errors import BackboneError
+    wave = torch.zeros(3, 100, dtype=torch.float64)
+    w, n = check_wave(wave, torch.tensor([100, 5, 0], dtype=torch.int32))
+    assert w.dtype == torch.float32 and n.dtype == torch.int64 and n.tolist() == [100, 5, 0]
+    assert n.device == wave.device
+    w, n = check_wave(wave, np.asarray([1, 2, 3]))
+    assert n.tolist() == [1, 2, 3]
+    for bad, msg in (([101, 5, 0], "outside"), ([1, -1, 0], "outside"), ([1, 2], "2 entries")):
+        with pytest.raises(BackboneError, match=msg):
+            check_wave(wave, torch.tensor(bad))
+    with pytest.raises(BackboneError, match="shape"):
+        check_wave(torch.zeros(100), torch.tensor([100]))

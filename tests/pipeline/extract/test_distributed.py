@@ -319,6 +319,11 @@ def test_cli_options_and_validation(corpus, tmp_path):
         with pytest.raises(ConfigError, match=msg):
             run_with_options(corpus.manifest, tmp_path / "x.zarr", cfg, progress=False, **kw)
     assert not (tmp_path / "x.zarr").exists()
+    # a local cluster pins each worker to one GPU, which it sees as cuda:0: an index is refused, with the fix
+    with pytest.raises(ConfigError, match="--device cuda --devices 1"):
+        ClusterOptions(cluster="local").validate("cuda:1")
+    ClusterOptions(cluster="local", devices=("1",)).validate("cuda")
+    ClusterOptions(scheduler="tcp://127.0.0.1:1").validate("cuda:1")    # remote workers: their own GPUs
     # nothing listens on port 1 of loopback: a clear ClusterError, quickly
     with pytest.raises(ClusterError, match="cannot reach the Dask scheduler"):
         with open_cluster(ClusterOptions(scheduler="127.0.0.1:1", connect_timeout_s=1), "cpu"):

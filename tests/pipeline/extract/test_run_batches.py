@@ -85,3 +85,33 @@ def test_on_the_device_the_next_batch_is_launched_before_the_last_is_waited_for(
                    ("launch", [2]), ("wait", [2]), ("launch", [11]),       # the poisoned batch, item by item
                    ("launch", [3]), ("wait", [3])]
     assert sorted(out) == [0, 1, 2, 3] and set(errors) == {1}
+
+
+class Broken(Recorded):
+    """A batch whose wait reports an error of the device itself, as CUDA does asynchronously."""
+
+    def synchronize(self):
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+
+def test_an_error_of_the_device_stops_the_run_instead_of_failing_every_clip():
+    import pytest
+
+    from pipeline.core.errors import BackboneError
+    for where in ("launch", "wait"):
+        calls, errors, out = [], {}, {}
+        base = forward_factory(calls=calls)
+
+        def forward(idx, where=where):
+            if where == "launch" and idx.tolist() == [2, 3]:
+                raise torch.AcceleratorError("CUDA error: device-side assert triggered")
+            p = base(idx)
+            if where == "wait" and idx.tolist() == [2, 3]:
+                p.event = Broken([], idx.tolist())
+            return p
+        with pytest.raises(BackboneError, match="GPU reported an error") as e:
+            _run_batches([np.asarray([0, 1]), np.asarray([2, 3]), np.asarray([4])], forward,
+                         lambda i: i // 10, errors, out)
+        assert isinstance(e.value.__cause__, torch.AcceleratorError) and "rerun" in str(e.value)
+        assert [2] not in calls and [3] not in calls             # not retried item by item
+        assert errors == {}                                      # no clip recorded as failed
