@@ -87,7 +87,11 @@ SPACE_CONFIG_KEYS = ("segments", "frames", "min_segment_seconds", "segment_windo
 
 def _backbone_identity(info):
     """A backbone info without where its weights file lay (a checkpoint identified by its sha256
-    may sit at another path on another machine)."""
+    may sit at another path on another machine). Imported embeddings (``avfuse cache import``) are
+    identified by the model name given at import (``--audio-model``/``--face-model``) and their
+    size when there is one, else by their source files."""
+    if isinstance(info, dict) and info.get("name") == "imported" and info.get("model"):
+        return {"name": "imported", "model": info["model"], "embedding_dim": info.get("embedding_dim")}
     if not isinstance(info, dict) or info.get("sha256") is None:
         return info
     return {k: v for k, v in info.items() if k != "weights"}
@@ -122,7 +126,8 @@ def check_provenance(meta: dict, cache, *, force: bool = False, path: str | Path
     raise HeadError(f"head was trained in another embedding space: on a cache with fingerprint {want}, "
                     f"this cache is {cache.fingerprint} (differs in: {', '.join(diffs)})", path=path,
                     hint="retrain the head on embeddings from the same backbones and settings, or pass --force "
-                         "if the embeddings are compatible")
+                         "if the embeddings are compatible (imported caches: import both with the same "
+                         "--audio-model/--face-model name)")
 
 
 def check_dims(head, cache, path: str | Path | None = None) -> None:

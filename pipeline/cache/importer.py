@@ -18,8 +18,11 @@ The cache is written with ``create_cache`` + ``write_shard`` into a temp name be
 ``out`` (``.NAME.importing-PID-XXXX.zarr``), finalized, then renamed over ``out``:
 a failed or killed import leaves no cache behind. The provenance names every source
 (path, format, shape, sha256 of each file read) as the ``audio_backbone`` /
-``face_backbone`` entries (``name: "imported"``), so ``train``/``score``/``ablate``/
-``analyze`` and their fingerprint checks work unchanged.
+``face_backbone`` entries (``name: "imported"``, and ``model``: the ``--audio-model`` /
+``--face-model`` name when given), so ``train``/``score``/``ablate``/``analyze`` and their
+fingerprint checks work unchanged. The embedding space of an imported modality is its model
+name when given (a head trained on one import scores another import of the same model), else
+its source files (``fusion.checkpoint.space_differences``).
 """
 
 from __future__ import annotations
@@ -46,16 +49,24 @@ MODALITY_ARRAYS = {"audio": ("audio/clip", "audio/segments", "audio/segment_vali
 @dataclass
 class ImportConfig:
     """How sources become a cache: ``split`` for ids the manifest lacks (or all, without
-    one); ``dtype`` the stored float type; ``shard_size`` rows per shard."""
+    one); ``dtype`` the stored float type; ``shard_size`` rows per shard; ``audio_model`` /
+    ``face_model`` what made the embeddings (e.g. ``wespeaker_resnet34_vox2``): caches imported
+    with the same name are one embedding space, so a head trained on one scores the other
+    (without a name, only a cache of the same source files is)."""
     split: str = "train"
     dtype: str = "float16"
     shard_size: int = 16384
+    audio_model: str | None = None
+    face_model: str | None = None
 
     def validate(self) -> None:
         if self.dtype not in ("float16", "float32"):
             raise ConfigError(f"--dtype must be float16 or float32, got {self.dtype!r}")
         if not isinstance(self.shard_size, int) or self.shard_size < 1:
             raise ConfigError(f"--shard-size must be a positive int, got {self.shard_size!r}")
+        for flag, v in (("--audio-model", self.audio_model), ("--face-model", self.face_model)):
+            if v is not None and (not isinstance(v, str) or not v.strip()):
+                raise ConfigError(f"{flag} must be a non-empty name, got {v!r}")
 
 
 @dataclass
@@ -132,12 +143,15 @@ def _modality(name: str, clips: list[Source], seqs: list[Source]) -> Modality | 
     return m
 
 
-def _provenance(m: Modality | None) -> dict | None:
+def _provenance(m: Modality | None, model: str | None) -> dict | None:
     if m is None:
         return None
     srcs = [p for s in (m.clip, m.seq) if s is not None for p in (s.parts or [s])]
-    return {"name": "imported", "embedding_dim": m.dim, "weights": "imported",
-            "sources": [s.provenance() for s in srcs]}
+    out = {"name": "imported", "embedding_dim": m.dim, "weights": "imported",
+           "sources": [s.provenance() for s in srcs]}
+    if model:
+        out["model"] = model.strip()
+    return out
 
 
 def _manifest_rows(manifest: Path | None, ids: np.ndarray, split: str):
@@ -260,7 +274,8 @@ def import_cache(out: str | Path, *, audio: Sequence[str] = (), face: Sequence[s
                          dtype=cfg.dtype, shard_size=cfg.shard_size)
     from pipeline.core.config import to_dict
     provenance = {"avfuse_version": __version__, "manifest_fingerprint": m_fp,
-                  "audio_backbone": _provenance(a_mod), "face_backbone": _provenance(f_mod),
+                  "audio_backbone": _provenance(a_mod, cfg.audio_model),
+                  "face_backbone": _provenance(f_mod, cfg.face_model),
                   "config": {"import": to_dict(cfg), "manifest": str(manifest) if manifest else None}}
     t_read = time.perf_counter() - t0
     _sweep_dead_imports(out)

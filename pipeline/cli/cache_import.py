@@ -29,16 +29,22 @@ SRC_HELP = ("a Kaldi .scp or .ark (WeSpeaker, 3D-Speaker, Kaldi), a folder of pe
               help="Stored float type of the embeddings.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=16384, show_default=True,
               help="Rows per shard (the unit of writing and reading).")
+@click.option("--audio-model", metavar="NAME",
+              help="What made the audio embeddings, e.g. wespeaker_resnet34_vox2. Caches imported with the same "
+                   "name are one embedding space: a head trained on one (VoxCeleb2 dev) scores another "
+                   "(VoxCeleb1). Without a name only a cache of the same source files is.")
+@click.option("--face-model", metavar="NAME", help="The same for the face embeddings.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache at --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def import_cmd(out, audio, face, audio_segments, face_frames, manifest, split, dtype, shard_size,
-               overwrite, quiet) -> None:
+               audio_model, face_model, overwrite, quiet) -> None:
     """Build an avfuse cache from embeddings made by another toolkit, so that `avfuse
     train`, `score`, `ablate` and `analyze` run on them.
 
     \b
     avfuse cache import --out C.zarr --audio wespeaker/xvector.scp --face faces.npz
     avfuse cache import --out C.h5 --audio sb_embeddings/ --manifest vox1.jsonl
+    avfuse cache import --out vox2.zarr --audio vox2_dev/xvector.scp --audio-model wespeaker_r34 -m vox2.jsonl
 
     Utterance ids are normalised to the VoxCeleb trial-list keys: id10270/5r0dWxy17C8/00001.wav,
     id10270/5r0dWxy17C8/00001 and the Kaldi id10270-5r0dWxy17C8-00001 are one row. Rows are the
@@ -53,6 +59,7 @@ def import_cmd(out, audio, face, audio_segments, face_frames, manifest, split, d
 
     check_output(out, [*audio, *face, *audio_segments, *face_frames, manifest], folder=Path(out).suffix != ".h5")
     summary = import_cache(out, audio=audio, face=face, audio_segments=audio_segments, face_frames=face_frames,
-                           manifest=manifest, cfg=ImportConfig(split=split, dtype=dtype, shard_size=shard_size),
+                           manifest=manifest, cfg=ImportConfig(split=split, dtype=dtype, shard_size=shard_size,
+                                                                   audio_model=audio_model, face_model=face_model),
                            overwrite=overwrite, progress=not quiet)
     click.echo(summary.text())

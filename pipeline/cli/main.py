@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("pipeline.cli.demo", "demo_cmd", "Run the whole pipeline end to end on the built-in toy corpus."),
     "synth": ("pipeline.cli.synth", "synth_cmd", "Write a synthetic toy VoxCeleb corpus (real media, real layout)."),
     "manifest": ("pipeline.cli.manifest", "manifest_cmd", "Scan a VoxCeleb1/2 tree into a JSONL clip manifest."),
-    "trials": ("pipeline.cli.manifest", "trials_group", "Inspect VoxCeleb-format trial lists."),
+    "trials": ("pipeline.cli.trials", "trials_group", "Inspect a trial list, or draw a labelled one from a split."),
     "backbones": ("pipeline.cli.backbones", "backbones_cmd", "List the audio and face backbones and their input specs."),
     "preflight": ("pipeline.cli.preflight", "preflight_cmd", "Decode a manifest as extract would: failures, CPU per clip, projected time."),
     "extract": ("pipeline.cli.extract", "extract_cmd", "Stage 1: run frozen backbones over a manifest into an embedding cache."),

@@ -1,8 +1,7 @@
-"""``avfuse manifest`` (scan a VoxCeleb tree / check a manifest) and ``avfuse trials``."""
+"""``avfuse manifest``: scan a VoxCeleb tree / check a manifest."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import click
@@ -128,33 +127,3 @@ def _check(path: str, quiet: bool) -> None:
         click.echo(f"  ... and {len(rep.missing) - SHOW} more", err=True)
     raise ManifestError(f"{rep.n_missing_records} of {rep.n_records} records have missing media files",
                         path=path, hint="restore the files, or rescan the tree with `avfuse manifest`")
-
-
-@click.group("trials", context_settings={"help_option_names": ["-h", "--help"]})
-def trials_group() -> None:
-    """Inspect VoxCeleb-format trial lists ('label enrol test' or unlabeled 'enrol test', .txt or .txt.gz)."""
-
-
-@trials_group.command("info")
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def trials_info(file: str, as_json: bool) -> None:
-    """Counts of a trial list.
-
-    \b
-    n_trials      lines (trials)
-    n_target      label-1 trials     (null for an unlabeled list)
-    n_nontarget   label-0 trials     (null for an unlabeled list)
-    n_utterances  distinct clip ids on either side (extensions stripped)
-    n_speakers    distinct speaker ids (the part before the first '/')
-    """
-    from data_manifests.trials import read_trials
-
-    info = read_trials(file).summary()
-    if as_json:
-        click.echo(json.dumps(info))
-        return
-    info["format"] = "labeled (label enrol test)" if info.pop("labeled") else "unlabeled (enrol test)"
-    for k in ("path", "format", "n_trials", "n_target", "n_nontarget", "n_utterances", "n_speakers"):
-        v = info[k]
-        click.echo(f"{k:<13} {'NA' if v is None else v}")

@@ -13,7 +13,8 @@ the sidecar ``scores.tsv.json``::
      "mean_sub": null | {"source", "cache", "cache_fingerprint", "split", "clips", "mean_norm"},
      "skip_missing", "force",
      "counts": {"n_trials_in_list", "n_scored", "n_skipped", "n_skipped_missing",
-                "n_skipped_unscorable", "n_utterances_missing", "n_embedded", "n_target", "n_nontarget"},
+                "n_skipped_unscorable", "n_partial", "n_utterances_missing", "n_embedded", "n_target",
+                "n_nontarget"},      # n_partial: scored on one modality of a two-modality mode
      "timings_s": {"read_or_embed", "cohort", "norm_stats", "score"},
      "config_fingerprint"}
 
@@ -144,9 +145,13 @@ def score_cmd(cache_path, trials_paths, mode, head_path, norm, cohort, mean_sub,
     sidecar = build_sidecar(cache=cache, trials=trials, trials_sha=sha256_file(trials_path), mode=mode,
                             result=result, head_info=head_info, skip_missing=skip_missing, force=force)
     write_scores(out_path, result, sidecar)
+    c = result.info["counts"]
+    if c.get("n_partial"):
+        click.echo(f"avfuse: note: {c['n_partial']:,} of {c['n_scored']:,} trials were scored on one modality "
+                   f"alone ({mode} falls back to the modality both sides have; has_audio/has_face of the cache "
+                   "say which clips lack one, `avfuse cache info` counts them)", err=True)
     if quiet:
         return
-    c = result.info["counts"]
     msg = f"scored {c['n_scored']:,} of {c['n_trials_in_list']:,} trials ({mode}"
     msg += f", head {head_info['name']}" if head_info else ""
     msg += f", {norm}" if norm != "none" else ""

@@ -229,6 +229,10 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
         bar.close()
     times["score"] = time.perf_counter() - t0
     n_unscorable = int((~scorable).sum())
+    n_partial = 0      # scored on fewer channels than the mode compares (AVxAV: a side lacks one modality)
+    if len(channels) > 1:
+        used = sum((ch.enrol_valid[e_loc] & ch.test_valid[t_loc]).astype(np.int32) for ch in channels)
+        n_partial = int(((used > 0) & (used < len(channels))).sum())
     if n_unscorable and not skip_missing:
         bad = np.flatnonzero(~scorable)[:5]
         pairs = [f"{utts[ei_k[i]]} {utts[ti_k[i]]}" for i in bad]
@@ -248,7 +252,7 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
         "score_kind": channels[0].kind, "timings_s": {k: round(v, 3) for k, v in times.items()},
         "counts": {"n_trials_in_list": int(len(ei)), "n_scored": int(len(idx)),
                    "n_skipped_missing": n_missing, "n_skipped_unscorable": n_unscorable,
-                   "n_skipped": n_missing + n_unscorable,
+                   "n_skipped": n_missing + n_unscorable, "n_partial": n_partial,
                    "n_utterances_missing": int((rows < 0).sum()),
                    "n_embedded": int(len(rows_e) + (0 if rows_t is None else len(rows_t))),
                    "n_target": int((out.labels == 1).sum()), "n_nontarget": int((out.labels == 0).sum())},

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from data_manifests import TrialList, normalize_id, read_trials, write_trials
-from pipeline.cli.manifest import trials_group
+from pipeline.cli.trials import trials_group
 from pipeline.core import TrialListError
 
 REPO = Path(__file__).resolve().parents[2]

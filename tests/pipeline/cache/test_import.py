@@ -209,6 +209,42 @@ def test_train_score_ablate_analyze_run_unchanged(imported, tmp_path):
     assert r.exit_code == 0, r.output
 
 
+def test_a_head_trained_on_one_import_scores_another_of_the_same_named_model(tmp_path):
+    """Two corpora's embeddings from one model (train on "vox2", score "vox1"): imported with the same
+    --audio-model/--face-model they are one embedding space; without names only the same files are,
+    and the refusal says how to name them. Real imports, the real train and score."""
+    run = CliRunner().invoke
+    train_rows, test_rows = list(range(0, 18)), list(range(18, 24))
+    trials = tmp_path / "t.txt"
+    pairs = [(IDS[a], IDS[b]) for a in test_rows for b in test_rows if a < b]
+    write_trials(trials, [int(a[:7] == b[:7]) for a, b in pairs], [a for a, _ in pairs], [b for _, b in pairs])
+
+    def make(name: str, rows: list[int], named: bool) -> Path:
+        a = write_source("npz", tmp_path / name / "a", rows, AUDIO)
+        f = write_source("npz", tmp_path / name / "f", rows, FACE)
+        out = tmp_path / f"{name}.zarr"
+        names = ["--audio-model", "wespeaker_r34", "--face-model", "arcface_r100"] if named else []
+        r = run(cli, ["cache", "import", "--out", str(out), "--audio", str(a), "--face", str(f), "-q", *names])
+        assert r.exit_code == 0, r.output
+        return out
+
+    for named in (True, False):
+        tag = "named" if named else "bare"
+        vox2, vox1 = make(f"vox2_{tag}", train_rows, named), make(f"vox1_{tag}", test_rows, named)
+        assert open_cache(vox2).provenance["audio_backbone"].get("model") == ("wespeaker_r34" if named else None)
+        head = tmp_path / f"{tag}.pt"
+        r = run(cli, ["train", "--cache", str(vox2), "--head", "mlp", "--out", str(head), "--epochs", "1",
+                      "--batch-size", "8", "--device", "cpu", "-q"])
+        assert r.exit_code == 0, r.output
+        r = run(cli, ["score", "--cache", str(vox1), "--trials", str(trials), "--mode", "AVxAV", "--head",
+                      str(head), "--out", str(tmp_path / f"{tag}.tsv"), "--quiet"])
+        if named:
+            assert r.exit_code == 0, r.output
+        else:
+            assert r.exit_code != 0 and "another embedding space" in str(r.exception)
+            assert "--audio-model" in str(r.exception)                 # the hint: how to make them one space
+
+
 def test_export_kaldi_round_trip(imported, tmp_path):
     c = open_cache(imported)
     r = CliRunner().invoke(cli, ["cache", "export", str(imported), "--format", "kaldi", "--out",

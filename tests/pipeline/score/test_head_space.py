@@ -41,6 +41,14 @@ def test_what_counts_as_the_embedding_space():
     assert space_differences(PROV, variant(**{"face_backbone.seed": 1})) == ["face_backbone"]   # other random init
     assert space_differences(PROV, variant(**{"config.segments": 8})) == ["config.segments"]
     assert space_differences(PROV, variant(**{"config.segment_windows": "centre"})) == ["config.segment_windows"]
+    # imported embeddings: the model name given at import, else the source files
+    imp = {"name": "imported", "embedding_dim": 256, "weights": "imported", "sources": [{"path": "vox2/x.scp"}]}
+    named = variant(audio_backbone=imp | {"model": "wespeaker_r34"})
+    assert space_differences(named, variant(audio_backbone=imp | {"model": "wespeaker_r34",
+                                                                   "sources": [{"path": "vox1/x.scp"}]})) == []
+    assert space_differences(named, variant(audio_backbone=imp | {"model": "wespeaker_r221"})) == ["audio_backbone"]
+    assert space_differences(variant(audio_backbone=imp), variant(audio_backbone=imp | {
+        "sources": [{"path": "vox1/x.scp"}]})) == ["audio_backbone"]
 
 
 @pytest.fixture(scope="module")

@@ -159,6 +159,11 @@ def test_no_head_modes_match_per_trial_reference(toy, mode):
     c = res.info["counts"]
     assert c["n_scored"] == keep.sum() and c["n_skipped_unscorable"] == (~keep).sum()
     assert c["n_skipped_missing"] == 0
+    # AVxAV: the trials scored on one modality because a side lacks the other are counted
+    e, t = toy["e"][keep], toy["t"][keep]
+    both = (toy["has_audio"][e] & toy["has_audio"][t]).astype(int) + (toy["has_face"][e] & toy["has_face"][t])
+    assert c["n_partial"] == (int((both == 1).sum()) if mode == "AVxAV" else 0)
+    assert mode != "AVxAV" or c["n_partial"] > 0                 # the toy cache has such trials
 
 
 def test_avxa_without_head_equals_axa(toy):
@@ -268,6 +273,7 @@ def test_cli_score_and_evaluate(toy, invoke, tmp_path):
                            "--mode", "AVxAV", "--out", str(out), "--skip-missing"])
     assert code == 0, se
     assert "scored" in so and "EER" in so
+    assert "trials were scored on one modality alone (AVxAV falls back" in se     # said, not silent
     s = read_scores(out)
     side = json.loads(sidecar_path(out).read_text())
     assert side["mode"] == "AVxAV" and side["cache"]["fingerprint"] == toy["cache"].fingerprint
