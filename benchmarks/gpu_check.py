@@ -23,7 +23,7 @@ Writes ``gpu_check.json`` and ``gpu_check.md`` (one table) into ``--out``. Measu
    5,994 identities, 192-d audio / 512-d face, 8 steps), embeddings generated on the device
    in ``benchmarks/train_speed.py``'s distribution (its 12 GB Zarr store would take longer to
    write than this whole check; the cache load is what ``train_speed.py`` measures).
-7. **scoring**: VoxCeleb1-E (579,818 trials) from a real Zarr cache, ``score_speed.run_avfuse``.
+7. **scoring**: VoxCeleb1-E (581,480 trials, the original list) from a real Zarr cache, ``score_speed.run_avfuse``.
 
 ``--dry`` (the default where torch sees no CUDA): the same code at tiny sizes on the CPU, with
 ``ge2e_lstm`` + ``iresnet18`` and 1 frame per clip, in well under a minute; ``tests/test_gpu_check.py`` runs

@@ -17,8 +17,17 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def readme_commands() -> list[list[str]]:
-    text = README.read_text()
-    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S)
+    blocks, lang, cur = [], None, []
+    for raw in README.read_text().splitlines(keepends=True):     # fences paired in order, any language
+        if raw.startswith("```"):
+            if lang is None:
+                lang, cur = raw[3:].strip(), []
+            else:
+                if lang in ("", "bash", "sh"):
+                    blocks.append("".join(cur))
+                lang = None
+        elif lang is not None:
+            cur.append(raw)
     out = []
     for block in blocks:
         lines, env = block.replace("\\\n", " ").splitlines(), {}

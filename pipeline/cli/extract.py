@@ -48,10 +48,10 @@ def _resolve_device(device: str, remote: bool = False) -> str:
                    "[default: 8 on CPU, 64 on CUDA]")
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
               help="Decode worker processes (0: decode in the main process); on a cluster, decode threads per "
-                   f"task. [default: with --device cuda, every usable core but one ({default_workers('cuda')} "
+                   f"task (--workers is the number of Dask workers). [default: with --device cuda, every usable core but one ({default_workers('cuda')} "
                    f"here): decode bounds a GPU box; else min(4, cores) ({default_workers()} here)]")
 @click.option("--segments", type=click.IntRange(min=1), default=8, show_default=True,
-              help="S equal audio segments per clip (as DCA).")
+              help="S audio segments per clip (audio/segments; their windows: --segment-windows).")
 @click.option("--frames", type=click.IntRange(min=1), default=8, show_default=True,
               help="F evenly spaced face frames per clip.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=256, show_default=True,
@@ -69,7 +69,7 @@ def _resolve_device(device: str, remote: bool = False) -> str:
 @click.option("--resize-on", type=click.Choice(["auto", "cpu", "device"]), default="auto", show_default=True,
               help="Where video faces are resized to the backbone's crop: 'cpu' = PIL bilinear in the decode "
                    "workers; 'device' = the workers hand over the centre square at the source size (4x the "
-                   "bytes for VoxCeleb2's 224 -> 112; ~9% less decode CPU) and torch's antialiased bilinear "
+                   "bytes for VoxCeleb2's 224 -> 112; ~2 CPU-ms (7 %) less decode per clip) and torch's antialiased bilinear "
                    "resizes it on --device (frame folders stay on the CPU); 'auto' = device on CUDA, cpu on "
                    "the CPU, or as an existing cache was begun. Pixels differ by at most 1 level, embeddings "
                    "by cosine > 0.9999 (docs/BENCHMARKS.md); 'device' is recorded in the provenance.")

@@ -98,7 +98,7 @@ def score_cmd(cache_path, trials_paths, mode, head_path, norm, cohort, mean_sub,
     Examples:
       avfuse score --cache emb.zarr --trials veri_test2.txt --mode AxA --out a.tsv
       avfuse score --cache emb.zarr --trials list_test_all.txt.gz --mode AVxAV \\
-          --head runs/dca.pt --norm asnorm --cohort train --out e.tsv
+          --head runs/dca.pt --norm asnorm --cohort vox2.zarr:dev --out e.tsv
     """
     from data_manifests.trials import read_trials
     from pipeline.cache.reader import open_cache
@@ -113,7 +113,7 @@ def score_cmd(cache_path, trials_paths, mode, head_path, norm, cohort, mean_sub,
     for op in out_paths:
         check_output(op, inputs, also=[sidecar_path(op)])
     if norm != "none" and not cohort:
-        raise ConfigError(f"--norm {norm} needs --cohort", hint="e.g. --cohort train")
+        raise ConfigError(f"--norm {norm} needs --cohort", hint="e.g. --cohort dev (a split of this cache) or --cohort vox2.zarr:dev")
     if norm == "none" and cohort:
         raise ConfigError("--cohort given without --norm", hint="add --norm snorm or --norm asnorm")
     if len(trials_paths) != len(out_paths):
@@ -218,8 +218,8 @@ def evaluate_files(paths: list[str], thresholds=()) -> list[tuple[str, dict, obj
               help="Also print the score threshold (accept if score > it) at this false-acceptance or "
                    "false-rejection rate, e.g. far=1% or frr=0.05 (repeatable).")
 @click.option("--by-list", is_flag=True,
-              help="Print systems x trial lists (e.g. Vox1-O/E/H as papers do): EER and minDCF(p=0.05) per "
-                   "list. Name each file SYSTEM:LIST with --label, or let the sidecars name them.")
+              help="Print systems x trial lists (e.g. Vox1-O/E/H as papers do): EER and minDCF(p=0.05, the "
+                   "VoxSRC setting; --json has p=0.01 too) per list. Name each file SYSTEM:LIST with --label, or let the sidecars name them.")
 def evaluate_cmd(scores_paths, as_json, det_plot, labels, title, threshold_at, by_list):
     """EER (%), normalised minDCF and actDCF (Cmiss = Cfa = 1, p_target 0.01 and 0.05), Cllr and
     minCllr of scores files; several --scores give one table.

@@ -89,7 +89,7 @@ def head_costs(audio_dim: int = 192, face_dim: int = 512, *, steps: int = 8, fra
                      "ms_per_1000_clips": round(ms, 2), "embedding_dim": head.embedding_dim,
                      "score_kind": head.score_kind, "needs_sequences": entry.needs_sequences,
                      "trainable": entry.trainable, "description": entry.description,
-                     "recipe": entry.train_recipe() if entry.trainable else None})
+                     "recipe": entry.train_recipe() if entry.trainable else None, "options": entry.options()})
     return rows
 
 
@@ -105,7 +105,10 @@ def head_costs(audio_dim: int = 192, face_dim: int = 512, *, steps: int = 8, fra
               help="Clips per timed embed call (time is reported per 1,000 clips).")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed repeats (median).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
-def heads_cmd(as_json, audio_dim, face_dim, steps, clips, repeats, device) -> None:
+@click.option("--options", "show_options", is_flag=True,
+              help="Only list each head's options (what `avfuse train --option KEY=VALUE` sets) with their "
+                   "defaults; nothing is timed.")
+def heads_cmd(as_json, audio_dim, face_dim, steps, clips, repeats, device, show_options) -> None:
     """List the fusion heads with parameters, MFLOPs per clip and inference time.
 
     \b
@@ -114,8 +117,20 @@ def heads_cmd(as_json, audio_dim, face_dim, steps, clips, repeats, device) -> No
     MFLOPs count matmul/conv FLOPs (2 per multiply-add) of embedding one clip.
     "recipe" is the head's training defaults (optimizer, LR, schedule, weight
     decay, batch, epochs, masking) that `avfuse train` uses unless flags say
-    otherwise; --json lists every field under "recipe".
+    otherwise; --json lists every field under "recipe", and each head's options
+    under "options" (--options lists only those, at once).
     """
+    if show_options:
+        from fusion.registry import list_heads
+        opts = {e.name: e.options() for e in list_heads()}
+        if as_json:
+            click.echo(json.dumps(opts, indent=2))
+            return
+        for name, o in opts.items():
+            click.echo(f"{name:<16}" + (", ".join(f"{k}={v!r}" for k, v in o.items()) or "(none)"))
+        click.echo("\nmeanings: the head classes' docstrings (fusion/heads/clip.py, fusion/heads/attention.py); "
+                   "the attention heads' against the papers: docs/FIDELITY.md")
+        return
     rows = head_costs(audio_dim, face_dim, steps=steps, frames=steps, clips=clips, repeats=repeats, device=device)
     if as_json:
         click.echo(json.dumps({"audio_dim": audio_dim, "face_dim": face_dim, "steps": steps, "device": device,
@@ -146,7 +161,8 @@ def heads_cmd(as_json, audio_dim, face_dim, steps, clips, repeats, device) -> No
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
               help="DCA gate softmax temperature T. [default: 0.1]")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="Head option (repeatable), e.g. --option d_model=128 --option iterations=2.")
+              help="Head option (repeatable), e.g. --option d_model=128 --option iterations=2; "
+                   "`avfuse heads --options` lists them.")
 @click.option("--dev-trials", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Labelled trial list on clips of this cache: dev EER after each epoch, early stopping.")
 @click.option("--patience", type=click.IntRange(min=0), default=None,
@@ -186,6 +202,12 @@ def train_cmd(cache_path, head_name, out, config_path, epochs, batch_size, lr, m
         from pipeline.core.errors import ConfigError
         raise ConfigError(f"--temperature applies to gated heads only, not '{head_name}'", hint="use --head dca")
     cache = open_cache(cache_path)
+    lay = cache.layout
+    if entry.needs_sequences and (lay.segments == 1 or lay.frames == 1):
+        click.echo(f"avfuse: note: '{head_name}' attends over audio segments and face frames, but this cache has "
+                   f"{lay.segments} segment(s) and {lay.frames} frame(s) per clip (an import of clip vectors only?):"
+                   " attention over one step reduces to a projection; import --audio-segments/--face-frames "
+                   "or extract with --segments/--frames for what the head is made for", err=True)
     t0 = time.perf_counter()
     head, history = train_head(cache, head_name, cfg, dev_trials, progress=None if not quiet else False)
     secs = time.perf_counter() - t0

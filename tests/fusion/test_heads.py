@@ -317,3 +317,13 @@ def test_heads_cli_json():
     assert all(x["ms_per_1000_clips"] > 0 for x in rows)
     r = CliRunner().invoke(heads_cmd, ["--clips", "20", "--repeats", "1"])
     assert r.exit_code == 0 and "dca" in r.output and "MFLOPs" in r.output
+    # the options `train --option` takes, listed without timing anything; each one builds the head
+    assert by["dca"]["options"]["gate"] is True and by["jca"]["options"]["gate"] is False
+    r = CliRunner().invoke(heads_cmd, ["--options", "--json"])
+    opts = json.loads(r.output)
+    assert list(opts) == ALL_HEADS and opts["mlp"] == {"dim": 256, "hidden": 512, "dropout": 0.1}
+    from fusion.registry import build_head
+    for name, o in opts.items():
+        build_head(name, 32, 48, **{k: v for k, v in o.items() if k not in ("gate", "attention")})
+    r = CliRunner().invoke(heads_cmd, ["--options"])
+    assert r.exit_code == 0 and "d_model=0" in r.output and "MFLOPs" not in r.output

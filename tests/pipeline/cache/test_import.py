@@ -195,6 +195,11 @@ def test_train_score_ablate_analyze_run_unchanged(imported, tmp_path):
     r = run(cli, ["train", "--cache", str(imported), "--head", "mean", "--out", str(tmp_path / "mean.pt"),
                   "--epochs", "2", "--batch-size", "8", "--device", "cpu", "-q"])
     assert r.exit_code == 0, r.output
+    assert "attends over" not in r.output
+    r = run(cli, ["train", "--cache", str(imported), "--head", "dca", "--out", str(tmp_path / "dca.pt"),
+                  "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--option", "d_model=16", "-q"])
+    assert r.exit_code == 0, r.output     # trains, but says that one step is not what the head is made for
+    assert "'dca' attends over audio segments and face frames, but this cache has 1 segment(s)" in r.output
     r = run(cli, ["score", "--cache", str(imported), "--trials", str(trials), "--mode", "AVxA", "--head",
                   str(tmp_path / "mean.pt"), "--out", str(tmp_path / "s.tsv"), "--skip-missing", "--quiet"])
     assert r.exit_code == 0, r.output
