@@ -19,7 +19,7 @@ Writes ``gpu_check.json`` and ``gpu_check.md`` (one table) into ``--out``. Measu
 4. **gpu_bound**: the backbones alone (``embed_shard`` on clips decoded beforehand), bf16 and
    fp32, clips/s, busy share, and the bf16-vs-fp32 cosine per clip; the GPU-bound projection.
 5. **dask**: the same extraction through a Dask ``LocalCluster`` of 1 worker on the GPU.
-6. **fusion**: one epoch of ``mlp`` and ``dca`` at full VoxCeleb2-dev scale (1,092,009 clips,
+6. **fusion**: one epoch of ``mlp`` (batch 256 and 1024) and ``dca`` at full VoxCeleb2-dev scale (1,092,009 clips,
    5,994 identities, 192-d audio / 512-d face, 8 steps), embeddings generated on the device
    in ``benchmarks/train_speed.py``'s distribution (its 12 GB Zarr store would take longer to
    write than this whole check; the cache load is what ``train_speed.py`` measures).
@@ -275,21 +275,23 @@ def sec_fusion(ctx) -> dict:
     from fusion.trainer import TrainConfig
     from pipeline.train.run import train_head
     out = {"clips": ctx.s.fusion_clips, "identities": ctx.s.fusion_ids, "steps": ctx.s.fusion_steps}
-    for head in ("mlp", "dca"):
+    # mlp at batch 1024 too: at 256 the host's ~1.5 ms per step (benchmarks/train_step_speed.py) bounds a
+    # 4,266-step epoch at ~6 s whatever the GPU; a bigger batch shows what the device does when it is not
+    for key, head, bs in (("mlp", "mlp", 256), ("mlp_b1024", "mlp", 1024), ("dca", "dca", 256)):
         t0 = time.perf_counter()
         batch, labels = synthetic_batch(ctx.s.fusion_clips, ctx.s.fusion_ids, ctx.s.fusion_steps,
                                         get_head(head).needs_sequences, ctx.device)
         make_s = time.perf_counter() - t0
-        cfg = TrainConfig(epochs=1, batch_size=256, device=ctx.device, mask_prob=0.3)
+        cfg = TrainConfig(epochs=1, batch_size=min(bs, ctx.s.fusion_clips // 2), device=ctx.device, mask_prob=0.3)
         warm = torch.arange(min(512, len(labels) // 2), device=batch.has_audio.device)
         train_head((batch[warm], labels[warm]), head, cfg, progress=False)      # warm-up, as train_speed
         if ctx.cuda:
             torch.cuda.reset_peak_memory_stats()
         with Busy(ctx.cuda) as b:
             _, hist = train_head((batch, labels), head, cfg, progress=False)
-        out[head] = {"epoch_s": hist[0]["seconds"], "clips_per_s": hist[0]["clips_per_s"], "loss": hist[0]["loss"],
-                     "make_embeddings_s": make_s, "gpu_busy_share": b.share,
-                     "peak_cuda_gb": torch.cuda.max_memory_allocated() / 1e9 if ctx.cuda else None}
+        out[key] = {"epoch_s": hist[0]["seconds"], "clips_per_s": hist[0]["clips_per_s"], "loss": hist[0]["loss"],
+                    "batch_size": cfg.batch_size, "make_embeddings_s": make_s, "gpu_busy_share": b.share,
+                    "peak_cuda_gb": torch.cuda.max_memory_allocated() / 1e9 if ctx.cuda else None}
         del batch, labels
         if ctx.cuda:
             torch.cuda.empty_cache()

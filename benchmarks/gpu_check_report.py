@@ -138,6 +138,8 @@ def markdown(res: dict) -> str:
         ("Dask, 1 GPU worker", _f(g("dask", "clips_per_s_steady")), "clips/s",
          f"steady; {_f(g('dask', 'clips_per_s_end_to_end'))} end to end"),
         ("fusion epoch mlp", _f(g("fusion", "mlp", "epoch_s")), "s", f"{_f(g('fusion', 'clips'), 0)} clips"),
+        ("fusion epoch mlp, batch 1024", _f(g("fusion", "mlp_b1024", "epoch_s")), "s",
+         "host-bound at 256? (benchmarks/train_step_speed.py)"),
         ("fusion epoch dca", _f(g("fusion", "dca", "epoch_s")), "s", f"{_f(g('fusion', 'clips'), 0)} clips"),
         ("Vox1-E scoring", _f(g("scoring", "score_total_s"), 2), "s", f"{_f(g('scoring', 'n_trials'), 0)} trials"),
     ]

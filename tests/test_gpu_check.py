@@ -26,7 +26,7 @@ ROWS = ("media", "decode audio + faces", "H.264 on NVDEC vs CPU decoder", "hand-
         "face backbone, resize on device vs cpu", "host->device, face batch 224", "extract end to end",
         "backbones only, bf16", "backbones only, fp32",
         "bf16 vs fp32 cosine, audio/face min", "VoxCeleb2 dev, decode-bound", "VoxCeleb2 dev, GPU-bound",
-        "VoxCeleb2 dev, end to end", "Dask, 1 GPU worker", "fusion epoch mlp", "fusion epoch dca", "Vox1-E scoring")
+        "VoxCeleb2 dev, end to end", "Dask, 1 GPU worker", "fusion epoch mlp", "fusion epoch mlp, batch 1024", "fusion epoch dca", "Vox1-E scoring")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_dry_run_json_has_every_section_with_numbers(dry):
     for k in ("audio/clip", "face/clip"):
         assert 0.99 < g["bf16_vs_fp32_cosine"][k]["min"] <= g["bf16_vs_fp32_cosine"][k]["mean"] <= 1.0 + 1e-6
     assert res["dask"]["clips"] == s["dask_clips"] and res["dask"]["failed_clips"] == 0
-    for head in ("mlp", "dca"):
+    for head in ("mlp", "mlp_b1024", "dca"):
         f = res["fusion"][head]
         assert f["epoch_s"] > 0 and math.isfinite(f["loss"]) and f["clips_per_s"] > 0
     p = res["projections"]

@@ -13,7 +13,9 @@ import click
 @click.option("--layout", type=click.Choice(["vox2", "vox1"]), default="vox2", show_default=True,
               help="vox2: dev|test/aac/*.m4a + dev|test/mp4/*.mp4; vox1: wav/*.wav + mp4/*.mp4 or frames/*/*.jpg.")
 @click.option("--speakers", type=int, default=40, show_default=True,
-              help="Number of identities (split 60/20/20 into train/dev/test; at least 6).")
+              help="Number of identities (split into train/dev/test by --split-fractions; at least 6).")
+@click.option("--split-fractions", default="0.6,0.2,0.2", show_default=True, metavar="TRAIN,DEV,TEST",
+              help="Shares of the identities in train, dev and test (the quality gates' corpus: 0.6,0.1,0.3).")
 @click.option("--videos-per-speaker", type=int, default=2, show_default=True,
               help="Videos (recording sessions) per identity; target trials pair different videos.")
 @click.option("--clips-per-video", type=int, default=2, show_default=True, help="Utterances per video.")
@@ -44,7 +46,7 @@ import click
 @click.option("--overwrite", is_flag=True, help="Replace an existing synthetic corpus in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def synth_cmd(out_dir, layout, speakers, videos_per_speaker, clips_per_video, seed, clip_seconds, frames_format,
+def synth_cmd(out_dir, layout, speakers, split_fractions, videos_per_speaker, clips_per_video, seed, clip_seconds, frames_format,
               noisy_share, occluded_share, absent_share, audio_variation, face_variation, av_correlation, max_trials,
               workers, overwrite, as_json, quiet):
     """Write a synthetic toy VoxCeleb corpus: real media in the real layout, a manifest and trials.
@@ -72,12 +74,19 @@ def synth_cmd(out_dir, layout, speakers, videos_per_speaker, clips_per_video, se
             raise ConfigError(f"{name} must be in [0, 3], got {v}", hint="1.0 is the default difficulty")
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}", hint="use 1 to run in this process")
+    try:
+        fractions = tuple(float(x) for x in split_fractions.split(","))
+    except ValueError:
+        fractions = ()
+    if len(fractions) != 3:
+        raise ConfigError(f"--split-fractions takes three numbers TRAIN,DEV,TEST, got {split_fractions!r}",
+                          hint="e.g. --split-fractions 0.6,0.1,0.3")
     report = synthesize(
         out_dir, layout=layout, speakers=speakers, videos_per_speaker=videos_per_speaker,
         clips_per_video=clips_per_video, seed=seed, clip_seconds=clip_seconds, frames_format=frames_format,
         workers=workers, overwrite=overwrite, progress=not quiet,
         noisy_audio_share=noisy_share, occluded_share=occluded_share, absent_share=absent_share,
-        max_trials=max_trials, av_correlation=av_correlation, voice=VoiceVariation(channel=audio_variation),
+        max_trials=max_trials, av_correlation=av_correlation, split_fractions=fractions, voice=VoiceVariation(channel=audio_variation),
         face=FaceVariation(scene=face_variation))
     if as_json:
         click.echo(json.dumps(report, indent=2))

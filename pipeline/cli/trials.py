@@ -50,7 +50,7 @@ def trials_info(file: str, as_json: bool) -> None:
 @click.option("--same-video-ok", is_flag=True,
               help="Allow target pairs from one video (by default a target pair's clips come from two videos of "
                    "the speaker: one session, room and microphone make verification easy).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draws (same seed and clips, same list).")
 @click.option("--ext", default="", metavar="EXT", help="Appended to every id, e.g. .wav as the VoxCeleb lists write them.")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Trial list to write ('label enrol test' lines; .gz compresses).")

@@ -320,5 +320,13 @@ def test_cli_vox1_mp4_and_overwrite(tmp_path):
     assert isinstance(again.exception, ConfigError) and "--overwrite" in str(again.exception)
     res = CliRunner().invoke(synth_cmd, args + ["--overwrite"])
     assert res.exit_code == 0 and "wrote 12 clips" in res.output and "trials test" in res.output
+    # the split of identities is the user's (the quality gates' corpus is 0.6,0.1,0.3)
+    res = CliRunner().invoke(synth_cmd, args + ["--overwrite", "--speakers", "10", "--split-fractions", "0.4,0.2,0.4",
+                                                "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["speakers_per_split"] == {"train": 4, "dev": 2, "test": 4}
+    for bad in ("0.5,0.5", "a,b,c", "0.5,0.2,0.2"):
+        res = CliRunner().invoke(synth_cmd, args + ["--overwrite", "--split-fractions", bad])
+        assert isinstance(res.exception, ConfigError) and "split" in str(res.exception)
     help_ = CliRunner().invoke(synth_cmd, ["--help"])
     assert help_.exit_code == 0 and "--videos-per-speaker" in help_.output
