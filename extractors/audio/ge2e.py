@@ -187,11 +187,12 @@ class GE2EEncoder(nn.Module):
             return F.normalize(torch.relu(self.linear(hidden[-1])), dim=1, eps=1e-12)
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        wave, lengths = check_wave(wave, lengths)
+        host = torch.as_tensor(lengths).reshape(-1)      # the partials are planned on the host: read the
+        wave, lengths = check_wave(wave, lengths)        # lengths there when given there (no GPU sync)
         if self.volume_dbfs is not None:
             wave = normalize_volume(wave, lengths, self.volume_dbfs)
         starts = [partial_starts(int(n), self.partial_frames, self.rate, self.min_coverage)
-                  for n in lengths.tolist()]
+                  for n in (host if host.device.type == "cpu" else lengths).tolist()]
         need = max((s[-1] + self.partial_frames) * HOP for s in starts)
         if need > wave.shape[1]:
             wave = F.pad(wave, (0, need - wave.shape[1]))
