@@ -110,3 +110,9 @@ def test_cli_from_a_manifest_split_and_from_a_cache(tmp_path, invoke):
     code, _, err = invoke(["score", "--cache", cache.path, "--trials", tmp_path / "c.txt", "--mode", "AxA",
                            "--out", tmp_path / "s.tsv", "--quiet"])
     assert code == 0, err                                   # a drawn list scores like any other
+    code, _, err = invoke(["trials", "make", "-c", cache.path, "--targets", "10", "--out", tmp_path / "d.txt"])
+    assert code == 0 and "no clip names its video" not in err     # ids spk/vid/utt: targets cross videos
+    flat = make_cache(tmp_path / "flat.zarr", [f"{s}-{k:03d}" for k, s in enumerate(cspk)], cspk,
+                      ["test"] * len(cids), a, v)
+    code, _, err = invoke(["trials", "make", "-c", flat.path, "--targets", "10", "--out", tmp_path / "f.txt"])
+    assert code == 0 and "no clip names its video" in err        # said, not silently same-video
