@@ -84,18 +84,38 @@ def ordered_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int, chunk
 
 @dataclass
 class Durations:
-    """Clip durations read from one file: ``seconds[clip_id]``."""
+    """Clip durations read from one file (or several, ``merge_durations``): ``seconds[clip_id]``."""
 
     path: str
     seconds: dict[str, float]
+    paths: tuple[str, ...] = ()      # the files merged (empty: just ``path``)
 
     def __len__(self) -> int:
         return len(self.seconds)
 
     def key(self) -> tuple:
-        """Identity of the file for resume keys: path, size, mtime."""
-        st = os.stat(self.path)
-        return os.path.abspath(self.path), st.st_size, st.st_mtime
+        """Identity of the file(s) for resume keys: path, size, mtime (one tuple per file when merged)."""
+        def one(p: str) -> tuple:
+            st = os.stat(p)
+            return os.path.abspath(p), st.st_size, st.st_mtime
+        return one(self.path) if len(self.paths) <= 1 else tuple(one(p) for p in self.paths)
+
+
+def merge_durations(files: Sequence[Durations]) -> Durations:
+    """Several durations files as one (e.g. VoxCeleb2 dev's and test's); an id two files list with
+    different durations is a ``ManifestError`` naming both."""
+    if len(files) == 1:
+        return files[0]
+    seconds: dict[str, float] = {}
+    origin: dict[str, str] = {}
+    for d in files:
+        for clip, sec in d.seconds.items():
+            if clip in seconds and abs(seconds[clip] - sec) > 1e-6:
+                raise ManifestError(f"{clip} is listed with {seconds[clip]} s in {origin[clip]} and {sec} s here",
+                                    path=d.path, hint="give each clip's duration in one file")
+            seconds.setdefault(clip, sec)
+            origin.setdefault(clip, d.path)
+    return Durations(path=", ".join(d.path for d in files), seconds=seconds, paths=tuple(d.path for d in files))
 
 
 def read_durations(path: str | Path) -> Durations:

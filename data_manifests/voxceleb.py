@@ -43,6 +43,7 @@ from data_manifests.fastscan import (
     durations_summary,
     gzip_file,
     iter_scan,
+    merge_durations,
     ordered_map,
     read_durations,
 )
@@ -271,7 +272,9 @@ def _prepare(roots, layout, dataset, split, split_from, workers, progress, probe
         raise ManifestError("durations file given with probing on", path=str(getattr(durations, "path", durations)),
                             hint="probes read durations from the headers: drop one of the two")
     if durations is not None and not isinstance(durations, Durations):
-        durations = read_durations(durations)
+        many = [durations] if isinstance(durations, (str, Path)) else list(durations)
+        durations = merge_durations([d if isinstance(d, Durations) else read_durations(d) for d in many]) \
+            if many else None
     sources = [read_split_source(s) if isinstance(s, str) else s for s in split_from]
     files, ignored = discover(roots, layout, workers=workers, progress=progress)
     if not files:
@@ -291,7 +294,7 @@ def scan(roots: str | Path | Sequence[str | Path], layout: str, *, dataset: str 
          relative_to: str | Path | None = None, progress: bool = True) -> tuple[list[ClipRecord], ScanReport]:
     """Scan in memory: ``(records sorted by clip id, report)``. ``split_from`` holds
     ``FILE[:SPLIT]`` strings or ``SplitSource``s; ``dataset`` defaults to the layout name;
-    ``durations`` (with ``probe=False``) is a durations file or a ``fastscan.Durations``."""
+    ``durations`` (with ``probe=False``) is a durations file, several (merged), or a ``fastscan.Durations``."""
     t0 = time.monotonic()
     files, assigner, report, durs = _prepare(roots, layout, dataset, split, split_from, workers, progress,
                                              probe, durations)

@@ -87,14 +87,19 @@ SPACE_CONFIG_KEYS = ("segments", "frames", "min_segment_seconds", "segment_windo
 
 def _backbone_identity(info):
     """A backbone info without where its weights file lay (a checkpoint identified by its sha256
-    may sit at another path on another machine). Imported embeddings (``avfuse cache import``) are
+    may sit at another path on another machine) and, for weights loaded from a checkpoint, without
+    the seed (it only seeds random weights; ``--seed`` is recorded either way), unless the loader
+    left part of the model at its seeded init. Imported embeddings (``avfuse cache import``) are
     identified by the model name given at import (``--audio-model``/``--face-model``) and their
     size when there is one, else by their source files."""
     if isinstance(info, dict) and info.get("name") == "imported" and info.get("model"):
         return {"name": "imported", "model": info["model"], "embedding_dim": info.get("embedding_dim")}
     if not isinstance(info, dict) or info.get("sha256") is None:
         return info
-    return {k: v for k, v in info.items() if k != "weights"}
+    # a loader that leaves part of the model at its seeded init says so in its load notes (e.g.
+    # mobilenetv2_mel from ImageNet weights: "embedding layer left at seeded random init")
+    seeded = any("random" in str(v) for v in (info.get("load_notes") or {}).values())
+    return {k: v for k, v in info.items() if k != "weights" and (seeded or k != "seed")}
 
 
 def space_differences(trained_on: dict, cache: dict) -> list[str]:

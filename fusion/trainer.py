@@ -281,7 +281,8 @@ def fit_head(batch: EmbeddingBatch, labels, head_name: str, cfg: TrainConfig | N
             check_finite(loss_sum, params, epoch, cfg.lr)
             secs = time.perf_counter() - t0
             rec = {"epoch": epoch, "loss": float(loss_sum) / n, "acc": float(correct) / max(1.0, float(seen)),
-                   "seconds": secs, "clips_per_s": n / max(secs, 1e-9), "lr": opt.param_groups[0]["lr"]}
+                   "seconds": secs, "clips_per_s": n / max(secs, 1e-9), "lr": opt.param_groups[0]["lr"],
+                   "updates": step}
             if dev is not None:
                 rec["dev_eer"] = dev_eer(head, dev, cfg.dev_mode)
                 if rec["dev_eer"] < best[0]:

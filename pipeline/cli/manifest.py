@@ -27,10 +27,11 @@ SHOW = 5  # how many problem entries to print before "... and N more"
 @click.option("--split", metavar="NAME", help="Mark every clip with this split (before --split-from is applied). "
                                                "Clips under a dev/ or test/ folder default to that name.")
 @click.option("--dataset", metavar="NAME", help="Dataset name recorded in each record (default: the layout).")
-@click.option("--durations", "durations", type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("--durations", "durations", type=click.Path(dir_okay=False), metavar="FILE", multiple=True,
               help="Take each clip's duration from a VoxCeleb durations file ('spk/video/utt seconds' per line, "
-                   ".txt or .txt.gz, e.g. vox2_dev_duration.txt.gz) instead of reading headers. Clips it does not "
-                   "list keep an empty duration (counted in the report); its other ids are ignored.")
+                   ".txt or .txt.gz, e.g. vox2_dev_duration.txt.gz) instead of reading headers; repeatable "
+                   "(e.g. VoxCeleb2's dev and test files). Clips no file lists keep an empty duration (counted "
+                   "in the report); other listed ids are ignored.")
 @click.option("--probe/--no-probe", default=False, show_default=True,
               help="Read every media header (in parallel) for duration, sample_rate, fps, num_frames and list "
                    "unreadable files. About 1-2 CPU-ms per m4a/mp4: an hour of 16 cores for VoxCeleb2 dev.")
@@ -83,7 +84,7 @@ def manifest_cmd(roots, layout, out, split_from, split, dataset, durations, prob
     if probe and durations:
         raise click.UsageError("--probe reads durations from the headers; drop --durations or --probe")
     report = scan_to_manifest(out, list(roots), layout, dataset=dataset, split=split, split_from=split_from,
-                              probe=probe, durations=durations, workers=workers, relative=relative,
+                              probe=probe, durations=list(durations) or None, workers=workers, relative=relative,
                               resume=not no_resume, progress=not quiet)
     splits = ", ".join(f"{k} {v}" for k, v in sorted(report.split_counts.items()))
     resumed = f", {report.n_resumed} resumed" if report.n_resumed else ""

@@ -48,7 +48,11 @@ def preflight_cmd(manifest, sample, seed, workers, cores, sample_rate, face_size
     Example:
       avfuse preflight -m vox2.jsonl --sample 2000 --workers 4 --cores 16
     """
+    from pipeline.extract.config import usable_cores
     from pipeline.extract.preflight import run_preflight
+    if workers > usable_cores():
+        click.echo(f"avfuse: note: --workers {workers} on {usable_cores()} usable cores: the decoders share them "
+                   "(CPU per clip is still measured right; the wall time is not this machine's best)", err=True)
     res = run_preflight(manifest, sample=sample, seed=seed, workers=workers, cores=cores,
                         audio_sr=None if no_audio else sample_rate, face_size=None if no_faces else face_size,
                         frames=frames, resize_on=resize_on, progress=not quiet)

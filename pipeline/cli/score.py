@@ -146,6 +146,11 @@ def score_cmd(cache_path, trials_paths, mode, head_path, norm, cohort, mean_sub,
                             result=result, head_info=head_info, skip_missing=skip_missing, force=force)
     write_scores(out_path, result, sidecar)
     c = result.info["counts"]
+    nrm = result.info["norm"]
+    if nrm.get("top_k") and nrm.get("top_k_effective", nrm["top_k"]) < nrm["top_k"]:
+        click.echo(f"avfuse: note: the cohort has {nrm['top_k_effective']} speakers, fewer than --top-k "
+                   f"{nrm['top_k']}: AS-norm used every cohort score, i.e. it is S-norm here (a cohort of "
+                   "hundreds of speakers, e.g. VoxCeleb2 dev's 5,994, is what --top-k 300 is for)", err=True)
     if c.get("n_partial"):
         click.echo(f"avfuse: note: {c['n_partial']:,} of {c['n_scored']:,} trials were scored on one modality "
                    f"alone ({mode} falls back to the modality both sides have; has_audio/has_face of the cache "
@@ -163,6 +168,24 @@ def score_cmd(cache_path, trials_paths, mode, head_path, norm, cohort, mean_sub,
                    f"from the cache, {c['n_skipped_unscorable']:,} lack the compared modalities")
     if result.labeled and c["n_target"] and c["n_nontarget"]:
         click.echo(_format_metrics(compute_metrics(result.scores, result.labels)))
+
+
+def _note_uncalibrated(paths) -> None:
+    """One note when a scores file's sidecar says its scores are not LLRs (cosines, dots): actDCF and
+    Cllr read scores as LLRs, so for raw scores they measure the miscalibration, not the system."""
+    from pipeline.score.files import sidecar_path
+    raw = []
+    for p in paths:
+        try:
+            kind = json.loads(sidecar_path(p).read_text()).get("score_kind")
+        except (OSError, ValueError, AttributeError):
+            continue                        # no sidecar (scores from elsewhere): nothing known
+        if kind and kind != "llr":
+            raw.append(f"{Path(p).name} ({kind})")
+    if raw:
+        click.echo(f"avfuse: note: not LLRs: {', '.join(raw)}; actDCF and Cllr read scores as LLRs, so here they "
+                   "measure the miscalibration (minDCF, minCllr and EER do not depend on it); `avfuse calibrate "
+                   "fit/apply` maps scores to LLRs", err=True)
 
 
 def _format_metrics(m: dict, name: str | None = None) -> str:
@@ -260,6 +283,8 @@ def evaluate_cmd(scores_paths, as_json, det_plot, labels, title, threshold_at, b
     else:
         names = list(labels) if labels else [p for p, _, _ in results]
         click.echo(results_table([(n, m) for n, (_, m, _) in zip(names, results)]))
+    if not as_json:
+        _note_uncalibrated([p for p, _, _ in results])
     if det_plot:
         names = list(labels) if labels else [Path(p).name for p, _, _ in results]
         plot_det([(n, c) for n, (_, _, c) in zip(names, results)], det_plot, title=title)

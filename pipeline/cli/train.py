@@ -11,6 +11,8 @@ import click
 from pipeline.cli.options import _parse_options, recipe_options, train_config
 
 _CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+#: fewer optimiser updates than this in a whole run gets a note (a VoxCeleb-sized recipe barely moves a head)
+FEW_UPDATES = 200
 
 
 # ---------------------------------------------------------------------- heads
@@ -216,6 +218,16 @@ def train_cmd(cache_path, head_name, out, config_path, epochs, batch_size, lr, m
     meta["train_seconds"] = round(secs, 3)
     save_head(out, head, meta)
     last = history[-1] if history else {}
+    if entry.trainable and last.get("updates", FEW_UPDATES) < FEW_UPDATES:
+        from fusion.recipes import RECIPE_FIELDS, describe
+        from fusion.trainer import resolve_config
+        used = resolve_config(cfg, head_name)
+        click.echo(f"avfuse: note: {last['updates']} optimiser updates in all "
+                   f"({describe({k: getattr(used, k) for k in RECIPE_FIELDS})}); "
+                   f"a recipe sized for VoxCeleb (thousands of updates) barely moves a head in so few: on a small "
+                   "cache give more --epochs or a smaller --batch-size, or the clip recipe (--config FILE holding "
+                   '{"optimizer": "adamw", "lr": 0.002, "schedule": "cosine"}) as the demo and the quality gates do',
+                   err=True)
     if entry.trainable:
         bits = [f"{len(history)} epochs in {secs:.1f} s", f"loss {last.get('loss', float('nan')):.3f}",
                 f"acc {last.get('acc', float('nan')):.3f}", f"{last.get('clips_per_s', 0):.0f} clips/s"]

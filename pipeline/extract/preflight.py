@@ -77,6 +77,8 @@ class PreflightResult:
                      f"{_hm(self.hours(self.cores_here))} on this machine ({self.cores_here} cores), "
                      f"{_hm(self.hours(self.cores))} on {self.cores} cores "
                      f"({self.manifest_clips} x {self.cpu_ms_per_clip:.1f} ms / cores)")
+        lines.append("(decode CPU only: this run's own wall time also holds the decoders' start-up, which a run "
+                     "of many clips amortises)")
         return "\n".join(lines)
 
 

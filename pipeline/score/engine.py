@@ -221,6 +221,8 @@ def score_from_cache(cache, trials, mode: str, *, head=None, head_meta: dict | N
         norm_info.update(cohort=cohort, cohort_cache=str(src.cache.path), cohort_clips=int(len(src.rows)),
                          cohort_cache_fingerprint=src.cache.fingerprint, cohort_split=src.split,
                          top_k=k)
+        if k is not None:      # AS-norm over a cohort of at most k speakers uses them all: S-norm
+            norm_info["top_k_effective"] = min(k, *norm_info["cohort_speakers"].values())
     t0 = time.perf_counter()
     bar = progress_bar(f"score {mode}", len(e_loc) * len(channels), progress)
     scores, scorable = score_channels(channels, e_loc, t_loc, chunk=chunk,

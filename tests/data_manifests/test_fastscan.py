@@ -224,3 +224,25 @@ def test_manifest_without_durations_then_extract_fills_them(tmp_path):
     # the decoded AAC is the written length rounded up to whole 1024-sample AAC frames (64 ms at 16 kHz)
     over = dur - np.array([truth[r.clip_id].duration for r in recs])
     assert over.min() > -1e-3 and over.max() < 1024 / 16000 + 1e-3
+
+
+def test_several_durations_files_are_merged(tmp_path):
+    """VoxCeleb2 ships one durations file for dev and one for test: both given, every clip has its
+    duration; an id two files give different durations is refused naming both; a rerun resumes."""
+    tree = empty_tree(tmp_path / "vox2")
+    dev = write_durations(tmp_path / "dev.txt", ["id00012/vidA/00001 6.4", "id00012/vidA/00002 2.0",
+                                                 "id00012/vidB/00001 4.25"])
+    tst = write_durations(tmp_path / "tst.txt.gz", ["id00015/vidC/00001 1.5", "id00015/vidC/00003 8.0",
+                                                    "id00012/vidA/00001 6.4"])   # listed in both, same value
+    out = tmp_path / "m.jsonl"
+    args = ["--root", str(tree), "--layout", "vox2", "--out", str(out), "--durations", str(dev),
+            "--durations", str(tst), "-q"]
+    r = CliRunner().invoke(manifest_cmd, args)
+    assert r.exit_code == 0, r.output
+    assert "5 clips matched, 0 not listed" in r.output and "warning" not in r.output
+    assert [r.duration for r in read_manifest(out)] == [6.4, 2.0, 4.25, 1.5, 8.0]
+    r = CliRunner().invoke(manifest_cmd, args)                  # same files: resumed, same manifest
+    assert r.exit_code == 0, r.output
+    clash = write_durations(tmp_path / "clash.txt", ["id00012/vidA/00002 2.5"])
+    with pytest.raises(ManifestError, match=r"id00012/vidA/00002 is listed with 2.0 s in .*dev.txt and 2.5 s"):
+        scan(tree, "vox2", probe=False, durations=[dev, clash], progress=False)

@@ -196,6 +196,10 @@ def test_train_score_ablate_analyze_run_unchanged(imported, tmp_path):
                   "--epochs", "2", "--batch-size", "8", "--device", "cpu", "-q"])
     assert r.exit_code == 0, r.output
     assert "attends over" not in r.output
+    assert "avfuse: note: 6 optimiser updates in all (adamw 0.002 cos" in r.output    # 2 epochs x 3 steps of 8
+    r = run(cli, ["train", "--cache", str(imported), "--head", "mean", "--out", str(tmp_path / "mean2.pt"),
+                  "--epochs", "30", "--batch-size", "2", "--device", "cpu", "-q"])
+    assert r.exit_code == 0 and "optimiser updates" not in r.output                  # 30 x 9 steps: enough
     r = run(cli, ["train", "--cache", str(imported), "--head", "dca", "--out", str(tmp_path / "dca.pt"),
                   "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--option", "d_model=16", "-q"])
     assert r.exit_code == 0, r.output     # trains, but says that one step is not what the head is made for

@@ -88,6 +88,13 @@ def test_cli_json_sample_and_workers(mixed, capsys):
         assert k in d
     assert d["n_clips"] == 7 and d["n_failed"] == 4 and d["cores"] == 8
     assert d["projected_hours"] == pytest.approx(7 * d["cpu_ms_per_clip"] / 8 / 3.6e6)
+    # more decode workers than usable cores: said (the CPU per clip stays right, the wall time does not)
+    from pipeline.extract.config import usable_cores
+    n = usable_cores() + 1
+    with pytest.raises(SystemExit):
+        main(["preflight", "-m", str(manifest), "-q", "--sample", "2", "--workers", str(n)])
+    err = capsys.readouterr().err
+    assert f"--workers {n} on {usable_cores()} usable cores" in err
     # a seeded sample: the same clips for the same seed
     a = run_preflight(manifest, sample=3, seed=5, progress=False)
     b = run_preflight(manifest, sample=3, seed=5, progress=False)

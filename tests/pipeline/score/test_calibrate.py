@@ -253,6 +253,8 @@ def test_cli_fit_apply_evaluate_end_to_end(tmp_path, invoke):
     assert model.quality_options == {"cohort": "test", "top_k": 5} and model.features[-1] == "cohort_V_max"
     q = quality_features(cache, ee, te, ["durations", "cohort"], cohort="test", top_k=5)
     np.testing.assert_allclose(llr.scores, model.llr(np.hstack([X, q])), rtol=1e-5, atol=1e-5)
+    code, so, se_ = invoke(["evaluate", "--scores", out])
+    assert code == 0 and "not LLRs" not in se_                     # its sidecar says LLRs: nothing to note
     code, so, se_ = invoke(["evaluate", "--scores", out, "--json", "--threshold-at", "far=1%"])
     assert code == 0, se_
     m = json.loads(so)

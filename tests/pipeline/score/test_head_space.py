@@ -39,6 +39,10 @@ def test_what_counts_as_the_embedding_space():
     assert space_differences(PROV, moved) == []
     assert space_differences(PROV, variant(**{"audio_backbone.sha256": "cd" * 32})) == ["audio_backbone"]
     assert space_differences(PROV, variant(**{"face_backbone.seed": 1})) == ["face_backbone"]   # other random init
+    assert space_differences(PROV, variant(**{"audio_backbone.seed": 1})) == []   # a checkpoint: the seed seeds nothing
+    part = variant(**{"audio_backbone.load_notes": {"classifier": "embedding layer left at seeded random init"}})
+    assert space_differences(part, variant(**{"audio_backbone.load_notes": part["audio_backbone"]["load_notes"],
+                                              "audio_backbone.seed": 1})) == ["audio_backbone"]   # ... unless it does
     assert space_differences(PROV, variant(**{"config.segments": 8})) == ["config.segments"]
     assert space_differences(PROV, variant(**{"config.segment_windows": "centre"})) == ["config.segment_windows"]
     # imported embeddings: the model name given at import, else the source files

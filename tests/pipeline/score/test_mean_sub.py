@@ -139,8 +139,15 @@ def test_cli_mean_sub_sidecar_and_errors(centred, invoke):
     code, _, err = invoke(base + ["--mean-sub", "train", "--norm", "asnorm", "--cohort", "train", "--top-k", "4",
                                   "--out", out])
     assert code == 0, err
+    assert "fewer than --top-k" not in err
     assert invoke(base + ["--norm", "asnorm", "--cohort", "train", "--top-k", "4", "--out", plain])[0] == 0
     side, side_plain = (json.loads(sidecar_path(p).read_text()) for p in (out, plain))
+    assert side["norm"]["top_k"] == 4 and side["norm"]["top_k_effective"] == 4
+    # a --top-k beyond the cohort's speakers: every cohort score is used, and that is said
+    code, _, err = invoke(base + ["--norm", "asnorm", "--cohort", "train", "--top-k", "300", "--out",
+                                  d["tmp"] / "big_k.tsv"])
+    n_spk = json.loads(sidecar_path(d["tmp"] / "big_k.tsv").read_text())["norm"]["top_k_effective"]
+    assert code == 0 and n_spk < 300 and f"the cohort has {n_spk} speakers, fewer than --top-k 300" in err
     ms = side["mean_sub"]
     assert ms["source"] == "train" and ms["split"] == "train" and ms["clips"] == {"A": 36}
     assert ms["cache_fingerprint"] == d["cache"].fingerprint and side["norm"]["method"] == "asnorm"

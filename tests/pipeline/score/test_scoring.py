@@ -297,6 +297,7 @@ def test_cli_score_and_evaluate(toy, invoke, tmp_path):
     code, so, se = invoke(["evaluate", "--scores", str(out), "--scores", str(out2), "--det-plot", str(det)])
     assert code == 0, se
     assert so.count("EER") == 1 and str(out) in so and str(out2) in so   # one table, a row per file
+    assert f"not LLRs: {out.name} (cosine), {out2.name} (cosine)" in se   # actDCF/Cllr of raw cosines: said
     assert det.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
