@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.cli.options import recipe_options, train_config
+from pipeline.cli.options import default_split, recipe_options, train_config
 from pipeline.core.errors import ConfigError
 
 _CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -114,6 +114,9 @@ def ablate_cmd(cache_path, trials_path, out_dir, heads, modes, runs_dir, train, 
 
     cfg = train_config(config_path, epochs=epochs, batch_size=batch_size, lr=lr, mask_prob=mask_prob, seed=seed,
                        split=split, device=device)
+    if train:                                # the split heads are trained on, when they are
+        from pipeline.cache.reader import open_cache
+        default_split(cfg, split, config_path, open_cache(cache_path))
     result = run_ablation(
         cache_path, trials_path, systems, mode_list, out_dir, runs_dir=runs_dir, train=train,
         dev_trials=dev_trials, train_cfg=cfg, missing=parse_floats(missing_text, "missing"),

@@ -69,9 +69,26 @@ def recipe_options(fn):
                      help="P(a sample loses its audio or its face) per step (never both). [default: the "
                           "head's recipe: 0.3 clip heads, 0 attention heads]"),
         click.option("--seed", type=int, default=None, help="Seed (same seed, same head). [default: 0]"),
-        click.option("--split", default=None, help="Cache split to train on. [default: train]"),
+        click.option("--split", default=None, help="Cache split to train on. [default: train; dev when the cache has "
+                                                   "no train split but a dev one, as VoxCeleb caches]"),
         click.option("--device", default=None, help="auto, cpu, cuda[:N]. [default: auto]"),
     ]
     for opt in reversed(options):
         fn = opt(fn)
     return fn
+
+
+def default_split(cfg, split_flag: str | None, config_path: str | None, cache) -> None:
+    """The training split when neither ``--split`` nor the ``--config`` file names one: ``train``, or
+    ``dev`` when the cache has no ``train`` split but a ``dev`` one (VoxCeleb calls its training part
+    dev), said on stderr."""
+    from pathlib import Path
+
+    import numpy as np
+    if split_flag is not None or (config_path and "split" in json.loads(Path(config_path).read_text())):
+        return
+    have = set(np.asarray(cache.splits).tolist())
+    if cfg.split not in have and "dev" in have:
+        cfg.split = "dev"
+        click.echo("avfuse: note: training on split 'dev' (this cache has no 'train' split; VoxCeleb names its "
+                   "training part dev); --split chooses", err=True)

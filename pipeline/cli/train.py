@@ -8,7 +8,7 @@ import time
 
 import click
 
-from pipeline.cli.options import _parse_options, recipe_options, train_config
+from pipeline.cli.options import _parse_options, default_split, recipe_options, train_config
 
 _CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 #: fewer optimiser updates than this in a whole run gets a note (a VoxCeleb-sized recipe barely moves a head)
@@ -204,6 +204,7 @@ def train_cmd(cache_path, head_name, out, config_path, epochs, batch_size, lr, m
         from pipeline.core.errors import ConfigError
         raise ConfigError(f"--temperature applies to gated heads only, not '{head_name}'", hint="use --head dca")
     cache = open_cache(cache_path)
+    default_split(cfg, split, config_path, cache)
     lay = cache.layout
     if entry.needs_sequences and (lay.segments == 1 or lay.frames == 1):
         click.echo(f"avfuse: note: '{head_name}' attends over audio segments and face frames, but this cache has "

@@ -170,3 +170,28 @@ def test_train_cli_writes_a_loadable_checkpoint(cache, tmp_path):
     r = CliRunner().invoke(train_cmd, ["--cache", str(cache.path), "--head", "mlp", "--temperature", "0.2",
                                        "--out", str(tmp_path / "x.pt")])
     assert isinstance(r.exception, ConfigError) and "gated heads" in str(r.exception)
+
+
+def test_a_voxceleb_cache_trains_on_dev_without_split(tmp_path, invoke):
+    """VoxCeleb caches have splits dev and test: `train`/`ablate` without --split take dev and say so;
+    an explicit --split (or a cache with a train split) is left alone."""
+    from tests.pipeline.score.test_scoring import all_pairs_trials, make_cache, toy_data
+    ids, spk, a, v = toy_data(n_spk=6, per_spk=6, seed=0)
+    splits = ["test" if s >= "id00004" else "dev" for s in spk]
+    cache = make_cache(tmp_path / "vox.zarr", ids, spk, splits, a, v)
+    code, _, err = invoke(["train", "--cache", cache.path, "--head", "mean", "--epochs", "1", "--device", "cpu",
+                           "--out", tmp_path / "m.pt", "-q"])
+    assert code == 0, err
+    assert "training on split 'dev'" in err
+    from fusion.checkpoint import load_head
+    assert load_head(tmp_path / "m.pt")[1]["train_config"]["split"] == "dev"
+    code, _, err = invoke(["train", "--cache", cache.path, "--head", "mean", "--epochs", "1", "--device", "cpu",
+                           "--split", "train", "--out", tmp_path / "x.pt", "-q"])
+    assert code == 2 and "split 'train' has no rows" in err and "dev, test" in err     # asked for: not changed
+    test_ids = [i for i, s in zip(ids, splits) if s == "test"]
+    all_pairs_trials(tmp_path / "t.txt", test_ids, [i.split("/")[0] for i in test_ids], n=20)
+    code, _, err = invoke(["ablate", "--cache", cache.path, "--trials", tmp_path / "t.txt", "--heads", "mean",
+                           "--modes", "AxA", "--train", "--epochs", "1", "--device", "cpu", "--out", tmp_path / "abl",
+                           "--quiet"])
+    assert code == 0, err
+    assert "training on split 'dev'" in err
