@@ -9,7 +9,7 @@ the sidecar ``scores.tsv.json``::
      "mode", "enrol_use", "test_use", "channels", "score_kind",
      "head": null | {"path", "sha256", "name", "config_fingerprint", "cache_fingerprint"},
      "norm": {"method", "cohort", "cohort_cache", "cohort_cache_fingerprint", "cohort_split",
-              "top_k", "cohort_speakers"},
+              "top_k", "top_k_effective", "cohort_speakers"},   # effective: min(top_k, cohort speakers)
      "mean_sub": null | {"source", "cache", "cache_fingerprint", "split", "clips", "mean_norm"},
      "skip_missing", "force",
      "counts": {"n_trials_in_list", "n_scored", "n_skipped", "n_skipped_missing",
