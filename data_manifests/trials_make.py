@@ -38,8 +38,8 @@ class SampledTrials:
     labels: np.ndarray          # int64 (N,), 1 = same speaker
     enrol: np.ndarray           # str (N,)
     test: np.ndarray            # str (N,)
-    asked: tuple[int, int]      # (targets, non-targets) asked for
     short: list[str]            # what could not be had in full, in words (empty: all of it)
+    cross_video: bool           # whether targets were kept across videos (False: not asked, or no video known)
 
 
 def video_of(clip_id: str) -> str | None:
@@ -127,4 +127,4 @@ def sample_trials(ids: Sequence[str], speakers: Sequence[str], n_target: int, n_
     srt = np.lexsort((pairs[:, 1], -labels, pairs[:, 0]))
     pairs, labels = pairs[srt], labels[srt]
     return SampledTrials(labels=labels, enrol=ids[pairs[:, 0]], test=ids[pairs[:, 1]],
-                         asked=(n_target, n_nontarget), short=short)
+                         short=short, cross_video=check_video)

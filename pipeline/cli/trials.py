@@ -96,8 +96,7 @@ def trials_make(manifest, cache, split, targets, nontargets, same_video_ok, seed
         ids, spk = ids[keep], spk[keep]
         videos = None if videos is None else [v for v, k in zip(videos, keep.tolist()) if k]
     res = sample_trials(ids, spk, targets, nontargets, seed=seed, videos=videos, cross_video=not same_video_ok)
-    from data_manifests.trials_make import video_of
-    if not same_video_ok and not any(v is not None for v in (videos or [video_of(i) for i in ids.tolist()])):
+    if not same_video_ok and not res.cross_video:
         click.echo("avfuse: note: no clip names its video (ids are not SPEAKER/VIDEO/UTT), so target pairs "
                    "may come from one video", err=True)
     n = write_trials(out, res.labels, res.enrol, res.test, ext=ext)

@@ -39,7 +39,9 @@ def check(res, ids, cross_video=True):
 def test_labels_are_the_truth_and_the_clip_order_does_not_matter():
     ids, spk = toy()
     res = sample_trials(ids, spk, 40, 60, seed=3)
-    assert res.labels.sum() == 40 and len(res.labels) == 100 and res.short == []
+    assert res.labels.sum() == 40 and len(res.labels) == 100 and res.short == [] and res.cross_video
+    flat = [f"spk{s}-{k}" for s in range(3) for k in range(3)]
+    assert not sample_trials(flat, [i[:4] for i in flat], 3, 3).cross_video      # no id names a video
     check(res, ids)
     again = sample_trials(ids[::-1], spk[::-1], 40, 60, seed=3)
     assert (again.enrol == res.enrol).all() and (again.test == res.test).all()
