@@ -28,6 +28,7 @@ from pipeline.extract.config import ExtractConfig
 from pipeline.extract.decode_pool import decode_spec, iter_decoded
 from pipeline.extract.models import Models, get_models, resolve_config
 from pipeline.extract.shard import ShardStats, embed_shard
+from pipeline.extract.shm_ring import available as ring_available, in_ring
 
 __all__ = ["ExtractConfig", "ExtractSummary", "build_provenance", "compute_pending", "follow_cache",
            "prepare_extract", "run_extract", "summarize"]
@@ -147,6 +148,12 @@ def prepare_extract(manifest: str | Path, cache: str | Path, cfg: ExtractConfig,
     return cfg, records, models, writer
 
 
+def _pickled(d) -> bool:
+    """Whether a decoded clip's arrays came pickled rather than as views into the hand-off ring."""
+    arrays = [a for a in (d.audio, d.faces) if a is not None]
+    return bool(arrays) and not in_ring(arrays[0])
+
+
 def _group(stream, sizes: Sequence[int]):
     """Yield lists of ``sizes[k]`` consecutive items of ``stream`` and the wall time waited."""
     it = iter(stream)
@@ -216,19 +223,26 @@ def compute_pending(writer, records: Sequence, cfg: ExtractConfig, models: Model
     todo = [records[r] for s in slices for r in range(s.start, s.stop)]
     stream = iter_decoded(todo, decode_spec(cfg, models), num_workers=cfg.num_workers, backend=decode_backend,
                           prefetch=max(2 * cfg.num_workers, min(cfg.shard_size, 256)))
+    ring = decode_backend == "process" and cfg.num_workers > 0 and ring_available()
     total = ShardStats()
     update = progress.update if progress is not None else None
     try:
-        for k, (items, waited) in zip(shards, _group(stream, [s.stop - s.start for s in slices])):
+        groups = _group(stream, [s.stop - s.start for s in slices])
+        for k in shards:     # not zip(): it keeps its last tuple, and with it the last shard's clips
+            items, waited = next(groups)
             res = embed_shard(items, cfg, models, progress=update)
             writer.write_shard(k, res.arrays, res.failures)
             res.stats.wait_seconds = waited
+            res.stats.pickled_clips = sum(_pickled(d) for d in items) if ring else 0
             total.add(res.stats)
             n_fail = len({f["clip_id"] for f in res.failures})
             if n_fail and progress is not None:
                 progress.set_postfix_str(f"shard {k}: {n_fail} failed", refresh=False)
             if on_shard is not None:
                 on_shard(k, res.stats)
+            # drop the shard's clips before the next is collected: their arrays are views into the
+            # hand-off ring, and held they kept its slots, so every other shard travelled pickled
+            del items, res
     finally:
         close = getattr(stream, "close", None)
         if close is not None:

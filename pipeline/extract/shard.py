@@ -51,6 +51,7 @@ class ShardStats:
     audio_seconds: float = 0.0       # part of compute_seconds spent on audio
     face_seconds: float = 0.0        # part of compute_seconds spent on faces
     wait_seconds: float = 0.0        # wall time the consumer waited for decoded clips
+    pickled_clips: int = 0           # clips handed over pickled instead of through the ring's slots
 
     def add(self, other: "ShardStats") -> None:
         """Accumulate ``other`` into this one (field-wise sum)."""

@@ -167,6 +167,12 @@ def test_reference_cache_contents(corpus, ref):
     c.close()
 
 
+def test_every_clip_came_through_the_ring_while_the_last_shard_was_embedded(ref):
+    """The consumer drops a shard's clips before collecting the next: held, they kept the ring's
+    slots and the shard after travelled pickled (half the clips of a run, on the GPU box)."""
+    assert ref.summary.shards_computed > 2 and ref.summary.stats.pickled_clips == 0
+
+
 def test_same_embeddings_whatever_batching_workers_backend(corpus, ref):
     # batch 1 instead of 3, decode inline instead of 2 processes, other shard boundaries, HDF5
     cfg = ExtractConfig(shard_size=5, batch_size=1, num_workers=0, **BASE)

@@ -7,7 +7,6 @@ that dies or raises must end the iteration with an error."""
 from __future__ import annotations
 
 import gc
-import mmap
 import multiprocessing as mp
 import os
 import time
@@ -19,7 +18,7 @@ import pytest
 from benchmarks.voxceleb_media import generate
 from data_manifests.manifest import ClipRecord, read_manifest
 from pipeline.extract.decode_pool import DecodeSpec, decode_clip, iter_decoded
-from pipeline.extract.shm_ring import iter_ring, slot_bytes_for
+from pipeline.extract.shm_ring import in_ring, iter_ring, slot_bytes_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SPEC = DecodeSpec(audio_sr=16000, face_size=112, frames=4)
@@ -44,11 +43,7 @@ def records(tmp_path_factory):
     return good[:2] + bads[:2] + good[2:] + bads[2:]
 
 
-def _in_ring(a) -> bool:
-    """Whether ``a`` is a view into the ring's shared mapping (not an unpickled copy)."""
-    while isinstance(a, np.ndarray):
-        a = a.base
-    return isinstance(a, memoryview) and isinstance(a.obj, mmap.mmap)
+_in_ring = in_ring     # a view into the ring's shared mapping, not an unpickled copy
 
 
 def _same(a, b) -> None:
@@ -147,3 +142,27 @@ def test_a_dead_or_raising_worker_ends_the_iteration(records):
         list(iter_ring(list(range(6)), _raises_on_row_2, (records[0], SPEC), num_workers=2, prefetch=2,
                        slot_bytes=sb))
     assert not mp.active_children() or all(not p.is_alive() for p in mp.active_children())
+
+
+def _big_with_marker(i, marks):
+    """A clip far bigger than a pipe's buffer (it travels pickled), leaving a marker once decoded."""
+    from pipeline.extract.decode_pool import DecodedClip
+    out = DecodedClip(clip_id=str(i), audio=np.full(2_000_000, i, np.float32))
+    (Path(marks) / str(i)).touch()
+    return out
+
+
+def test_workers_go_on_decoding_while_the_consumer_is_away(tmp_path):
+    """A clip that travels pickled must not stall its worker until the consumer asks for more
+    (it sat blocked on its send before; on the GPU box most workers did, behind the clips
+    longer than a slot, while the main process embedded): the receiver thread takes it."""
+    it = iter_ring(list(range(8)), _big_with_marker, str(tmp_path), num_workers=2, prefetch=8, slot_bytes=4096)
+    first = next(it)                       # the consumer takes one clip, then is busy elsewhere
+    assert first.clip_id == "0" and not _in_ring(first.audio)
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.iterdir())) < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(list(tmp_path.iterdir())) == 8      # all decoded meanwhile, by 2 workers
+    rest = list(it)
+    assert [d.clip_id for d in rest] == [str(i) for i in range(1, 8)]
+    assert all(float(d.audio[0]) == int(d.clip_id) for d in rest)
