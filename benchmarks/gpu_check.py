@@ -51,6 +51,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.gpu_check_fusion import sec_fusion  # noqa: E402
 from benchmarks.gpu_check_handoff import sec_handoff, sec_resize  # noqa: E402
 from benchmarks.gpu_check_report import Busy, markdown, projections  # noqa: E402
 from benchmarks.train_speed import VOX2_CLIPS, VOX2_IDS  # noqa: E402
@@ -142,6 +143,19 @@ def cfg_for(s: Sizes, device: str, **kw):
                          shard_size=256, **kw)
 
 
+def cpu_topology() -> dict:
+    """Logical CPUs, physical cores and the model, from /proc/cpuinfo (Linux; else {})."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    blocks = [{k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in b.splitlines() if ":" in ln)}
+              for b in text.split("\n\n") if b.strip()]
+    cores = {(b.get("physical id", "0"), b.get("core id", b.get("processor", ""))) for b in blocks}
+    model = next((b["model name"] for b in blocks if b.get("model name")), "")
+    return {"logical": len(blocks), "physical_cores": len(cores), "model": model}
+
+
 def cosines(a: np.ndarray, b: np.ndarray) -> dict:
     a, b = a.astype(np.float64), b.astype(np.float64)
     c = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
@@ -188,7 +202,23 @@ def sec_extract(ctx) -> dict:
     return {"clips": sm.clips_computed, "seconds": sm.seconds, "clips_per_s": sm.clips_per_s,
             "gpu_busy_share": b.share, "decode_workers": cfg.num_workers, "batch_size": cfg.batch_size,
             "precision": cfg.compute_precision(), "resize_on": cfg.compute_resize_on(), "failed_clips": sm.failed_clips,
-            "backbone_seconds": st.compute_seconds, "wait_for_decode_seconds": st.wait_seconds}
+            "backbone_seconds": st.compute_seconds, "wait_for_decode_seconds": st.wait_seconds,
+            "decode_wall_seconds_summed": st.decode_seconds, "pickled_clips": st.pickled_clips}
+
+
+def sec_decode_pool(ctx) -> dict:
+    """Decoding alone as ``extract`` runs it (forked processes, the shared-memory ring, the
+    resize on the device), no backbones: the clips/s the decode side can feed a GPU on this box."""
+    from data_manifests.manifest import read_manifest
+    from pipeline.extract.decode_pool import decode_spec, iter_decoded
+    recs = read_manifest(ctx.manifest)[:ctx.s.dask_clips]
+    spec = decode_spec(cfg_for(ctx.s, ctx.device))
+    out = {"clips": len(recs), "resize_on": spec.resize_on}
+    for key, w in (("extract_procs", ctx.decode_workers), ("all_cores", max(1, os.cpu_count() or 1))):
+        t0 = time.perf_counter()
+        n = sum(1 for _ in iter_decoded(recs, spec, num_workers=w, backend="process", prefetch=256))
+        out[key] = {"workers": w, "clips_per_s": n / (time.perf_counter() - t0)}
+    return out
 
 
 def sec_gpu_bound(ctx) -> dict:
@@ -225,80 +255,23 @@ def sec_dask(ctx) -> dict:
     from pipeline.extract.dask.driver import run_distributed
     sub = ctx.work / "dask.jsonl"
     write_manifest(sub, read_manifest(ctx.manifest)[:ctx.s.dask_clips])
-    cfg = cfg_for(ctx.s, ctx.device, num_workers=ctx.decode_workers)
+    # 2 shard tasks at once, each with half the decode processes extract uses
+    cfg = cfg_for(ctx.s, ctx.device, num_workers=max(1, ctx.decode_workers // 2))
     opts = ClusterOptions(cluster="local", workers=1, threads_per_worker=2, dashboard=False,
                           devices=("0",) if ctx.cuda else None)
     t0 = time.perf_counter()
     with Busy(ctx.cuda) as b, open_cluster(opts, ctx.device, log=lambda m: None) as client:
         t_up = time.perf_counter() - t0
+        from pipeline.extract.dask.worker import worker_info
+        backends = sorted({i["decode"] for i in client.run(worker_info).values()})
         sm = run_distributed(sub, ctx.work / "dask.zarr", cfg, client=client, progress=False, log=lambda m: None)
     wall = time.perf_counter() - t0
     steady = sm.seconds - sm.setup_seconds
     return {"clips": sm.clips_computed, "seconds_end_to_end": wall, "cluster_start_s": t_up,
             "clips_per_s_end_to_end": sm.clips_computed / wall, "clips_per_s_steady": sm.clips_computed / steady,
-            "gpu_busy_share": b.share, "failed_clips": sm.failed_clips}
-
-
-def synthetic_batch(n: int, n_ids: int, steps: int, seq: bool, device: str, seed: int = 0):
-    """``train_speed.make_cache``'s embeddings (identity prototype + clip noise + 0.5 step noise,
-    float16, 1 % without audio, 5 % without face), generated on ``device`` instead of read from Zarr."""
-    import torch
-
-    from fusion.batch import EmbeddingBatch
-    g = torch.Generator(device=device).manual_seed(seed)
-    labels = torch.sort(torch.randint(0, n_ids, (n,), generator=g, device=device)).values
-    labels[:n_ids] = torch.arange(n_ids, device=device)
-    labels = torch.sort(labels).values
-    fields = {}
-    for mod, dim in (("audio", 192), ("face", 512)):
-        proto = torch.randn(n_ids, dim, generator=g, device=device)
-        clip = proto[labels] + torch.randn(n, dim, generator=g, device=device)
-        fields[f"{mod}_clip"] = clip.half()
-        if seq:
-            x = torch.empty(n, steps, dim, dtype=torch.float16, device=device)
-            for lo in range(0, n, 65536):     # chunks: float32 temporaries stay small
-                hi = min(n, lo + 65536)
-                x[lo:hi] = (clip[lo:hi, None] + 0.5 * torch.randn(hi - lo, steps, dim, generator=g,
-                                                                   device=device)).half()
-            fields[f"{mod}_seq"] = x
-            fields[f"{mod}_seq_valid"] = torch.ones(n, steps, dtype=torch.bool, device=device)
-        del clip
-    has_a = torch.rand(n, generator=g, device=device) > 0.01
-    has_v = torch.rand(n, generator=g, device=device) > 0.05
-    return EmbeddingBatch(**fields, has_audio=has_a | ~has_v, has_face=has_v), labels
-
-
-def sec_fusion(ctx) -> dict:
-    import torch
-
-    from fusion.registry import get_head
-    from fusion.trainer import TrainConfig
-    from pipeline.train.run import train_head
-    out = {"clips": ctx.s.fusion_clips, "identities": ctx.s.fusion_ids, "steps": ctx.s.fusion_steps}
-    # mlp at batch 1024 too: at 256 the host's ~1.5 ms per step (benchmarks/train_step_speed.py) bounds a
-    # 4,266-step epoch at ~6 s whatever the GPU; a bigger batch shows what the device does when it is not
-    for head, sizes in (("mlp", (256, 1024)), ("dca", (256,))):
-        t0 = time.perf_counter()
-        batch, labels = synthetic_batch(ctx.s.fusion_clips, ctx.s.fusion_ids, ctx.s.fusion_steps,
-                                        get_head(head).needs_sequences, ctx.device)
-        make_s = time.perf_counter() - t0                     # once per head: both batch sizes train on it
-        for bs in sizes:
-            cfg = TrainConfig(epochs=1, batch_size=min(bs, ctx.s.fusion_clips // 2), device=ctx.device,
-                              mask_prob=0.3)
-            warm = torch.arange(min(512, len(labels) // 2), device=batch.has_audio.device)
-            train_head((batch[warm], labels[warm]), head, cfg, progress=False)      # warm-up, as train_speed
-            if ctx.cuda:
-                torch.cuda.reset_peak_memory_stats()
-            with Busy(ctx.cuda) as b:
-                _, hist = train_head((batch, labels), head, cfg, progress=False)
-            out[head if bs == 256 else f"{head}_b{bs}"] = {
-                "epoch_s": hist[0]["seconds"], "clips_per_s": hist[0]["clips_per_s"], "loss": hist[0]["loss"],
-                "batch_size": cfg.batch_size, "make_embeddings_s": make_s, "gpu_busy_share": b.share,
-                "peak_cuda_gb": torch.cuda.max_memory_allocated() / 1e9 if ctx.cuda else None}
-        del batch, labels
-        if ctx.cuda:
-            torch.cuda.empty_cache()
-    return out
+            "gpu_busy_share": b.share, "failed_clips": sm.failed_clips, "decode_backend": ",".join(backends),
+            "decode_per_task": cfg.num_workers, "backbone_seconds": sm.stats.compute_seconds,
+            "wait_for_decode_seconds": sm.stats.wait_seconds}
 
 
 def sec_scoring(ctx) -> dict:
@@ -338,7 +311,7 @@ def main(argv=None) -> int:
     ctx = argparse.Namespace(s=s, cuda=cuda, device="cuda" if cuda else "cpu", work=work,
                              decode_workers=max(1, cores - 2) if cuda else 1, manifest=work / "manifest.jsonl")
     res = {"mode": "gpu" if cuda else "dry", "sizes": asdict(s), "seconds": {},
-           "machine": {"cpu_cores": cores, "gpu": torch.cuda.get_device_name(0) if cuda else None,
+           "machine": {"cpu_cores": cores, "cpu": cpu_topology(), "gpu": torch.cuda.get_device_name(0) if cuda else None,
                        "torch": torch.__version__, "python": platform.python_version()}}
     args.out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
@@ -375,7 +348,7 @@ def main(argv=None) -> int:
         run("media", media)
         for name, fn in (("decode", sec_decode), ("nvdec", sec_nvdec), ("handoff", sec_handoff),
                          ("resize", sec_resize),
-                         ("extract", sec_extract), ("gpu_bound", sec_gpu_bound),
+                         ("extract", sec_extract), ("decode_pool", sec_decode_pool), ("gpu_bound", sec_gpu_bound),
                          ("dask", sec_dask), ("fusion", sec_fusion), ("scoring", sec_scoring)):
             run(name, lambda fn=fn: fn(ctx))
     finally:

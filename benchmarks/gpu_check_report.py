@@ -17,7 +17,8 @@ from benchmarks.train_speed import VOX2_CLIPS  # noqa: E402
 
 VOX2_MEAN_S = 7.7807  # mean clip length of vox2_dev_duration.txt.gz
 #: the top-level keys of gpu_check.json (tests/test_gpu_check.py checks them)
-KEYS = ("mode", "machine", "sizes", "media", "decode", "nvdec", "handoff", "resize", "extract", "gpu_bound", "dask",
+KEYS = ("mode", "machine", "sizes", "media", "decode", "nvdec", "handoff", "resize", "extract", "decode_pool",
+        "gpu_bound", "dask",
         "fusion", "scoring", "projections", "seconds")
 
 
@@ -124,7 +125,13 @@ def markdown(res: dict) -> str:
         *handoff_rows(g, _f),
         ("extract end to end", _f(g("extract", "clips_per_s")), "clips/s",
          f"GPU busy {_f(g('extract', 'gpu_busy_share'), 2)}, {_f(g('extract', 'decode_workers'), 0)} decode procs, "
-         f"resize on {_f(g('extract', 'resize_on'))}"),
+         f"resize on {_f(g('extract', 'resize_on'))}; waited for decode {_f(g('extract', 'wait_for_decode_seconds'))} s "
+         f"of {_f(g('extract', 'seconds'))}, backbones {_f(g('extract', 'backbone_seconds'))} s; "
+         f"{_f(g('extract', 'pickled_clips'), 0)} clips pickled"),
+        *[(f"decode alone, {what}", _f(g("decode_pool", key, "clips_per_s")), "clips/s",
+           f"{_f(g('decode_pool', key, 'workers'), 0)} procs, {_f(g('decode_pool', 'clips'), 0)} clips, as extract "
+           f"decodes (ring, resize on {_f(g('decode_pool', 'resize_on'))}), no backbones")
+          for what, key in (("extract's procs", "extract_procs"), ("one proc per core", "all_cores"))],
         ("backbones only, bf16", _f(g("gpu_bound", "bf16", "clips_per_s")), "clips/s",
          f"GPU busy {_f(g('gpu_bound', 'bf16', 'gpu_busy_share'), 2)}"),
         ("backbones only, fp32", _f(g("gpu_bound", "fp32", "clips_per_s")), "clips/s", ""),
@@ -136,14 +143,18 @@ def markdown(res: dict) -> str:
          _f(g("projections", "gpu_bound_arithmetic"))),
         ("VoxCeleb2 dev, end to end", _f(g("projections", "end_to_end_min")), "min", "at the measured clips/s"),
         ("Dask, 1 GPU worker", _f(g("dask", "clips_per_s_steady")), "clips/s",
-         f"steady; {_f(g('dask', 'clips_per_s_end_to_end'))} end to end"),
+         f"steady; {_f(g('dask', 'clips_per_s_end_to_end'))} end to end; GPU busy {_f(g('dask', 'gpu_busy_share'), 2)}; "
+         f"decode {_f(g('dask', 'decode_backend'))} x {_f(g('dask', 'decode_per_task'), 0)} per task; "
+         f"backbones {_f(g('dask', 'backbone_seconds'))} s, waited {_f(g('dask', 'wait_for_decode_seconds'))} s"),
         ("fusion epoch mlp", _f(g("fusion", "mlp", "epoch_s")), "s", f"{_f(g('fusion', 'clips'), 0)} clips"),
         ("fusion epoch mlp, batch 1024", _f(g("fusion", "mlp_b1024", "epoch_s")), "s",
          "host-bound at 256? (benchmarks/train_step_speed.py)"),
         ("fusion epoch dca", _f(g("fusion", "dca", "epoch_s")), "s", f"{_f(g('fusion', 'clips'), 0)} clips"),
         ("Vox1-E scoring", _f(g("scoring", "score_total_s"), 2), "s", f"{_f(g('scoring', 'n_trials'), 0)} trials"),
     ]
-    head = f"# gpu_check ({res['mode']}, {res['machine'].get('gpu') or 'cpu'}, {res['machine']['cpu_cores']} cores)\n\n"
+    cpu = res["machine"].get("cpu") or {}
+    head = (f"# gpu_check ({res['mode']}, {res['machine'].get('gpu') or 'cpu'}, {res['machine']['cpu_cores']} cores"
+            + (f": {cpu.get('physical_cores')} physical, {cpu.get('model')}" if cpu else "") + ")\n\n")
     lines = ["| check | value | unit | note |", "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     errs = [f"- {k}: {v['error']}" for k, v in res.items() if isinstance(v, dict) and "error" in v]

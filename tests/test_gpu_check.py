@@ -24,7 +24,7 @@ from benchmarks.gpu_check_report import KEYS, VOX2_MEAN_S  # noqa: E402
 ROWS = ("media", "decode audio + faces", "H.264 on NVDEC vs CPU decoder", "hand-off to the main process, faces 112",
         "hand-off to the main process, faces 224", "decode faces, resize on device vs cpu",
         "face backbone, resize on device vs cpu", "host->device, face batch 224", "extract end to end",
-        "backbones only, bf16", "backbones only, fp32",
+        "decode alone, extract's procs", "decode alone, one proc per core", "backbones only, bf16", "backbones only, fp32",
         "bf16 vs fp32 cosine, audio/face min", "VoxCeleb2 dev, decode-bound", "VoxCeleb2 dev, GPU-bound",
         "VoxCeleb2 dev, end to end", "Dask, 1 GPU worker", "fusion epoch mlp", "fusion epoch mlp, batch 1024", "fusion epoch dca", "Vox1-E scoring")
 

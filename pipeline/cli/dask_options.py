@@ -45,12 +45,12 @@ def dask_options(f: Callable) -> Callable:
     options = [
         click.option("--cluster", type=click.Choice(["none", "local"]), default="none", show_default=True,
                      help="local: start a Dask LocalCluster on this machine, one worker process per GPU "
-                          "(each pinned to its GPU, with its own decode threads). none: extract in this "
+                          "(each pinned to its GPU, with its own decode processes). none: extract in this "
                           "process (or on --scheduler's cluster)."),
         click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="Worker processes of --cluster local [default: one per --devices entry; on CUDA "
                           "one per visible GPU; on CPU half the cores, at most 4]. Not --num-workers, which "
-                          "is the decode threads of each worker."),
+                          "is the decode processes of each shard task."),
         click.option("--devices", default=None, callback=_devices_callback, metavar="0,1,2,3",
                      help="GPUs for --cluster local: worker i runs with CUDA_VISIBLE_DEVICES=devices[i % n] "
                           "(needs --device cuda) [default: all visible GPUs]."),

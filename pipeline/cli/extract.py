@@ -47,8 +47,8 @@ def _resolve_device(device: str, remote: bool = False) -> str:
                    "most 8 images). "
                    "[default: 8 on CPU, 64 on CUDA]")
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
-              help="Decode worker processes (0: decode in the main process); on a cluster, decode threads per "
-                   f"task (--workers is the number of Dask workers). [default: with --device cuda, every usable core but one ({default_workers('cuda')} "
+              help="Decode worker processes (0: decode in the main process); on a cluster, decode processes per "
+                   f"shard task (threads where the Dask worker is daemonic; --workers is the number of Dask workers). [default: with --device cuda, every usable core but one ({default_workers('cuda')} "
                    f"here): decode bounds a GPU box; else min(4, cores) ({default_workers()} here)]")
 @click.option("--segments", type=click.IntRange(min=1), default=8, show_default=True,
               help="S audio segments per clip (audio/segments; their windows: --segment-windows).")

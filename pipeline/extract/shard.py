@@ -77,8 +77,9 @@ def compute_shard(records: Sequence, cfg: ExtractConfig, *, models: Models | Non
     models = models or get_models(cfg)
     spec = decode_spec(cfg, models)
     t0 = time.perf_counter()
+    # the whole shard is held before it is embedded: prefetch all of it, so the hand-off ring has a slot per clip
     decoded = list(iter_decoded(records, spec, num_workers=cfg.num_workers if num_workers is None else num_workers,
-                                backend=backend))
+                                backend=backend, prefetch=max(1, len(records))))
     res = embed_shard(decoded, cfg, models, progress=progress)
     res.stats.wait_seconds = time.perf_counter() - t0 - res.stats.compute_seconds
     return res

@@ -153,7 +153,9 @@ def open_cluster(opts: ClusterOptions, device: str = "cpu", *, log: Callable[[st
         # the scheduler always serves HTTP (health, metrics; the dashboard when asked and
         # bokeh is there): on bind_host, at 8787 for the dashboard, else any free port
         dashboard = f"{opts.bind_host}:{8787 if opts.dashboard else 0}"
-        config = {"distributed.scheduler.allowed-failures": opts.allowed_failures,
+        # non-daemonic workers may fork decode processes (shard_task uses them when allowed)
+        config = {"distributed.worker.daemon": False,
+                  "distributed.scheduler.allowed-failures": opts.allowed_failures,
                   "distributed.scheduler.worker-saturation": 1.0}
         try:
             with dask.config.set(config):

@@ -4,8 +4,8 @@ Everything here runs inside Dask worker processes (spawned, never forked: the Za
 backend runs an event-loop thread). ``ExtractPlugin`` loads the backbones once per
 worker process (``worker_models``: weights read from the path on that machine, sha256
 checked against the cache's provenance); ``shard_task`` computes one shard with
-``pipeline.extract.shard.compute_shard`` (decode threads, not processes: workers are
-daemonic) and writes it whole with ``write_shard`` (which marks it done); the
+``pipeline.extract.shard.compute_shard`` (decode processes where the worker is not daemonic,
+else threads: ``decode_backend``) and writes it whole with ``write_shard`` (which marks it done); the
 clip-by-clip fallback of a poison shard runs ``decode_task`` then ``embed_task`` per clip.
 """
 
@@ -22,7 +22,7 @@ from pipeline.core.config import fingerprint
 from pipeline.core.errors import AvfuseError, CacheError, ClusterError
 from pipeline.extract.config import ExtractConfig
 
-__all__ = ["ExtractPlugin", "PLUGIN_NAME", "decode_task", "embed_task", "free_models", "shard_task",
+__all__ = ["ExtractPlugin", "PLUGIN_NAME", "decode_task", "decode_backend", "embed_task", "free_models", "shard_task",
            "worker_info", "worker_models"]
 
 PLUGIN_NAME = "avfuse-extract"
@@ -143,7 +143,7 @@ def shard_task(cache_path: str, k: int, records: Sequence, cfg: ExtractConfig, c
         if k in writer.done_shards():
             return out
         models = worker_models(cfg, expected)
-        res = compute_shard(records, cfg, models=models, backend="thread")
+        res = compute_shard(records, cfg, models=models, backend=decode_backend())
         writer.refresh()
         if k in writer.done_shards():
             return out
@@ -153,6 +153,19 @@ def shard_task(cache_path: str, k: int, records: Sequence, cfg: ExtractConfig, c
     out.update(clips=len(records), failed_clips=len({f["clip_id"] for f in res.failures}), skipped=False,
                stats=dataclasses.asdict(res.stats), end=time.time())
     return out
+
+
+def decode_backend() -> str:
+    """How this worker decodes a shard: in forked processes handing over through shared memory
+    (``pipeline.extract.shm_ring``, as in-process extraction) when the worker process is not
+    daemonic (``distributed.worker.daemon: False``: ``--cluster local`` sets it; elsewhere
+    ``DASK_DISTRIBUTED__WORKER__DAEMON=False`` in the workers' environment), else in threads (a
+    daemonic process may not have children). Threads hold the GIL for PyAV's per-packet Python
+    code and contend with the CUDA launches: on the GPU box one worker with 2 x 14 decode
+    threads fed the GPU 32 clips/s."""
+    import multiprocessing as mp
+    from pipeline.extract.shm_ring import available
+    return "process" if available() and not mp.current_process().daemon else "thread"
 
 
 def decode_task(rec, spec):
@@ -186,7 +199,8 @@ def worker_info(dask_worker=None) -> dict:
     backbone loads so far, and the avfuse task keys it is executing now."""
     return {"name": str(dask_worker.name) if dask_worker is not None else None, "pid": os.getpid(),
             "host": socket.gethostname(), "model_loads": _MODEL_LOADS,
-            "running": running_keys("avfuse-", dask_worker) if dask_worker is not None else []}
+            "running": running_keys("avfuse-", dask_worker) if dask_worker is not None else [],
+            "decode": decode_backend()}
 
 
 def probe_worker(cache_path: str, media: list[str]) -> dict:

@@ -150,7 +150,9 @@ def _alive(pid: int) -> bool:
 
 # ----------------------------------------------------------------------------- equal
 def test_two_workers_equal_single_process(corpus, ref, client):
-    before = {i["pid"]: i["model_loads"] for i in client.run(worker_info).values()}
+    infos = client.run(worker_info).values()
+    before = {i["pid"]: i["model_loads"] for i in infos}
+    assert {i["decode"] for i in infos} == {"process"}      # local workers are not daemonic: they fork decoders
     s = run_distributed(corpus.manifest, corpus.root / "two.zarr", _cfg(), client=client, progress=False)
     _assert_same_cache(ref, corpus.root / "two.zarr")
     assert s.n_shards == 7 and s.computed_shards == list(range(7)) and not s.fallback_shards
