@@ -138,9 +138,9 @@ def voxceleb_media(root: Path, pool: int, clips: int, cap: float, procs: int) ->
 # ----------------------------------------------------------------------------- helpers
 def cfg_for(s: Sizes, device: str, **kw):
     from pipeline.extract.config import ExtractConfig
-    return ExtractConfig(audio_backbone=s.audio, audio_weights="random", face_backbone=s.face, face_weights="random",
-                         frames=s.frames, segments=s.segments, batch_size=s.batch, device=device,
-                         shard_size=256, **kw)
+    return ExtractConfig(**{"audio_backbone": s.audio, "audio_weights": "random", "face_backbone": s.face,
+                            "face_weights": "random", "frames": s.frames, "segments": s.segments,
+                            "batch_size": s.batch, "device": device, "shard_size": 256, **kw})
 
 
 def cpu_topology() -> dict:

@@ -122,3 +122,24 @@ def test_busy_share_reads_one_long_running_nvidia_smi(tmp_path, monkeypatch):
     with Busy(False) as b:
         pass
     assert b.share is None and b.proc is None
+
+
+@pytest.mark.parametrize("script, result", [("decode_scaling.py", "decode_scaling.json"),
+                                            ("gpu_profile_backbones.py", "gpu_profile.json")])
+def test_the_other_gpu_scripts_run_dry(tmp_path, script, result):
+    """The two scripts the GPU box ran beside gpu_check (decode scaling, where the backbones' time
+    goes) run at tiny sizes on the CPU, so they too are ready for the next lent GPU."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, f"benchmarks/{script}", "--dry", "--out", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads((tmp_path / result).read_text())
+    if script == "decode_scaling.py":
+        rows = res["decode_only"] + [res["ring"], res["pickled"]]
+        assert [r["workers"] for r in res["decode_only"]][0] == 1
+        assert all(r["clips_per_s"] > 0 and r["clips"] > 0 for r in rows)
+        assert all(res["batch"][k]["clips_per_s"] > 0 for k in res["batch"] if k.startswith("batch_"))
+    else:
+        rows = [res[k] for k in ("audio_utterances", "audio_segments_1s", "face_crops")]
+        assert all(r[f"cudnn_benchmark_{b}"]["ms_per_batch"] > 0 for r in rows for b in ("on", "off"))
+        assert res["face_crops"]["flops"] > 0

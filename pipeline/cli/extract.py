@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from pipeline.cli.dask_options import dask_options, run_with_options
-from pipeline.extract.config import default_workers
+from pipeline.extract.config import default_batch_size, default_workers
 
 
 def _resolve_device(device: str, remote: bool = False) -> str:
@@ -45,7 +45,7 @@ def _resolve_device(device: str, remote: bool = False) -> str:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Clips per forward batch (audio; faces on CUDA: batch-size x frames images, on CPU at "
                    "most 8 images). "
-                   "[default: 8 on CPU, 64 on CUDA]")
+                   "[default: 8 on CPU; on CUDA 128 with 40 GiB of GPU memory or more, else 64]")
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
               help="Decode worker processes (0: decode in the main process); on a cluster, decode processes per "
                    f"shard task (threads where the Dask worker is daemonic; --workers is the number of Dask workers). [default: with --device cuda, every usable core but one ({default_workers('cuda')} "
@@ -126,7 +126,7 @@ def extract_cmd(ctx: click.Context, manifest, cache, audio_backbone, audio_weigh
                         segments=segments, frames=frames, dtype=dtype, shard_size=shard_size,
                         min_segment_seconds=min_segment_seconds, seed=seed, precision=precision,
                         segment_windows=segment_windows, resize_on=resize_on,
-                        batch_size=batch_size or (64 if device.startswith("cuda") else 8),
+                        batch_size=batch_size or default_batch_size(device),
                         num_workers=num_workers if num_workers is not None else default_workers(
                             device, distributed=ClusterOptions(cluster=dask["cluster"],
                                                                scheduler=dask["scheduler"]).enabled),

@@ -36,3 +36,17 @@ def test_help_states_both_defaults():
     assert res.exit_code == 0
     text = " ".join(res.output.split())
     assert "every usable core but one" in text and "min(4, cores)" in text
+
+
+def test_default_batch_size_by_device_and_gpu_memory():
+    import torch
+
+    from pipeline.extract.config import BIG_GPU_GIB, default_batch_size
+    assert default_batch_size("cpu") == 8
+    if not torch.cuda.is_available():          # no GPU to ask: the size that fits small ones
+        assert default_batch_size("cuda") == default_batch_size("cuda:1") == 64
+    else:
+        big = torch.cuda.get_device_properties(0).total_memory >= BIG_GPU_GIB * 2**30
+        assert default_batch_size("cuda:0") == (128 if big else 64)
+    res = CliRunner().invoke(cli, ["extract", "--help"], terminal_width=200)
+    assert "on CUDA 128 with 40 GiB of GPU memory or more, else 64" in " ".join(res.output.split())
