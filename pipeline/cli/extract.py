@@ -24,6 +24,15 @@ def _resolve_device(device: str, remote: bool = False) -> str:
     return device if device != "auto" else dev.type
 
 
+def _default_decoders(device: str, dask: dict) -> int:
+    """``--num-workers``' default: a local CUDA cluster's share of the cores per shard task,
+    else ``default_workers``."""
+    from pipeline.extract.dask.cluster import ClusterOptions
+    opts = ClusterOptions(cluster=dask["cluster"], scheduler=dask["scheduler"], workers=dask.get("workers"),
+                          devices=dask.get("devices"), threads_per_worker=dask.get("threads_per_worker"))
+    return opts.default_decoders(device) or default_workers(device, distributed=opts.enabled)
+
+
 @click.command("extract", context_settings={"help_option_names": ["-h", "--help"],
                                             "max_content_width": 100})
 @click.option("--manifest", "-m", required=True, type=click.Path(dir_okay=False),
@@ -49,7 +58,8 @@ def _resolve_device(device: str, remote: bool = False) -> str:
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
               help="Decode worker processes (0: decode in the main process); on a cluster, decode processes per "
                    f"shard task (threads where the Dask worker is daemonic; --workers is the number of Dask workers). [default: with --device cuda, every usable core but one ({default_workers('cuda')} "
-                   f"here): decode bounds a GPU box; else min(4, cores) ({default_workers()} here)]")
+                   f"here): decode bounds a GPU box; --cluster local on CUDA: the cores but one per worker, "
+                   f"shared by its --threads-per-worker tasks; else min(4, cores) ({default_workers()} here)]")
 @click.option("--segments", type=click.IntRange(min=1), default=8, show_default=True,
               help="S audio segments per clip (audio/segments; their windows: --segment-windows).")
 @click.option("--frames", type=click.IntRange(min=1), default=8, show_default=True,
@@ -106,7 +116,6 @@ def extract_cmd(ctx: click.Context, manifest, cache, audio_backbone, audio_weigh
           --face-backbone iresnet18 --face-weights random
     """
     from pipeline.extract.config import ExtractConfig
-    from pipeline.extract.dask.cluster import ClusterOptions
     for mod, name, w in (("audio", audio_backbone, audio_weights), ("face", face_backbone, face_weights)):
         if name and not w:
             raise click.UsageError(f"--{mod}-backbone {name} needs --{mod}-weights: a checkpoint path, "
@@ -127,9 +136,7 @@ def extract_cmd(ctx: click.Context, manifest, cache, audio_backbone, audio_weigh
                         min_segment_seconds=min_segment_seconds, seed=seed, precision=precision,
                         segment_windows=segment_windows, resize_on=resize_on,
                         batch_size=batch_size or default_batch_size(device),
-                        num_workers=num_workers if num_workers is not None else default_workers(
-                            device, distributed=ClusterOptions(cluster=dask["cluster"],
-                                                               scheduler=dask["scheduler"]).enabled),
+                        num_workers=num_workers if num_workers is not None else _default_decoders(device, dask),
                         device=device)
     summary = run_with_options(manifest, cache, cfg, overwrite=overwrite, progress=not quiet,
                                torch_threads=threads, log=lambda m: click.echo(m, err=True), **dask)

@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.extract.config import ExtractConfig
 from pipeline.extract.models import Models
-from pipeline.extract.shm_ring import available, iter_ring, slot_bytes_for
+from pipeline.extract.shm_ring import RingPool, available, iter_ring, slot_bytes_for
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -82,25 +82,41 @@ def decode_clip(rec, spec: DecodeSpec) -> DecodedClip:
 SOURCE_SIDE = 224
 
 
+def ring_slot_bytes(spec: DecodeSpec) -> int:
+    """Bytes of one hand-off slot for ``spec``'s clips (faces at the crop, or at the source side
+    when they are resized on the device)."""
+    side = None if spec.face_size is None else (
+        spec.face_size if spec.resize_on == "cpu" else max(spec.face_size, SOURCE_SIDE))
+    return slot_bytes_for(spec.audio_sr, spec.frames, side)
+
+
+def ring_pool(spec: DecodeSpec, num_workers: int, slots: int) -> RingPool:
+    """A :class:`~pipeline.extract.shm_ring.RingPool` of ``num_workers`` processes decoding clips
+    as ``spec`` says (``iter_decoded(..., pool=)`` uses it), with ``slots`` slots."""
+    return RingPool(decode_clip, spec, num_workers=num_workers, slots=slots, slot_bytes=ring_slot_bytes(spec))
+
+
 def iter_decoded(records: Sequence, spec: DecodeSpec, *, num_workers: int = 0,
-                 backend: str = "process", prefetch: int = 64) -> Iterator[DecodedClip]:
+                 backend: str = "process", prefetch: int = 64, pool: RingPool | None = None) -> Iterator[DecodedClip]:
     """Decoded clips in the order of ``records``, decoded ahead of the consumer.
 
     ``num_workers=0``: inline. ``backend="process"``: ``num_workers`` forked processes (1 torch
     thread each) handing the arrays over in shared memory (``pipeline.extract.shm_ring``; a
     thread pool where ``fork`` is not available); ``"thread"``: a thread pool (for daemonic
     processes such as Dask workers, which may not fork). At most ``prefetch`` clips are
-    decoded ahead.
+    decoded ahead. ``pool``: a running :func:`ring_pool` (for ``spec``) to decode with instead of
+    starting workers for this iteration (``backend`` and ``num_workers`` are then unused).
     """
     if num_workers <= 0 or len(records) == 0:
         for r in records:
             yield decode_clip(r, spec)
         return
+    if pool is not None:
+        yield from pool.imap(records, prefetch)
+        return
     if backend == "process" and available():
-        side = None if spec.face_size is None else (
-            spec.face_size if spec.resize_on == "cpu" else max(spec.face_size, SOURCE_SIDE))
         yield from iter_ring(records, decode_clip, spec, num_workers=num_workers, prefetch=prefetch,
-                             slot_bytes=slot_bytes_for(spec.audio_sr, spec.frames, side))
+                             slot_bytes=ring_slot_bytes(spec))
         return
     if backend not in ("thread", "process"):
         raise ValueError(f"unknown decode backend {backend!r}")

@@ -68,18 +68,19 @@ class ShardResult:
 
 def compute_shard(records: Sequence, cfg: ExtractConfig, *, models: Models | None = None,
                   num_workers: int | None = None, backend: str = "thread",
-                  progress: Callable[[int], None] | None = None) -> ShardResult:
+                  progress: Callable[[int], None] | None = None, pool=None) -> ShardResult:
     """Decode and embed the clips of one shard (``records``, in row order, resolved paths).
 
     This is the unit of work of every runner: in-process, or one Dask task per shard.
-    Models come from the per-process cache unless given.
+    Models come from the per-process cache unless given. ``pool``: a running decode
+    ``RingPool`` to decode with (a Dask worker's), instead of workers started for this shard.
     """
     models = models or get_models(cfg)
     spec = decode_spec(cfg, models)
     t0 = time.perf_counter()
     # the whole shard is held before it is embedded: prefetch all of it, so the hand-off ring has a slot per clip
     decoded = list(iter_decoded(records, spec, num_workers=cfg.num_workers if num_workers is None else num_workers,
-                                backend=backend, prefetch=max(1, len(records))))
+                                backend=backend, prefetch=max(1, len(records)), pool=pool))
     res = embed_shard(decoded, cfg, models, progress=progress)
     res.stats.wait_seconds = time.perf_counter() - t0 - res.stats.compute_seconds
     return res

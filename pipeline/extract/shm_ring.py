@@ -27,6 +27,7 @@ shared-memory slots, so that arrays are never pickled (issue 15).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import mmap
 import os
 import threading
@@ -38,7 +39,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["iter_ring", "in_ring", "available", "worker_init", "die_with_parent", "slot_bytes_for", "FIELDS"]
+__all__ = ["RingPool", "iter_ring", "in_ring", "available", "worker_init", "die_with_parent", "slot_bytes_for", "FIELDS"]
 
 #: the array fields of a decoded clip that travel in the slots
 FIELDS = ("audio", "faces", "face_valid")
@@ -108,18 +109,18 @@ def _write(mm, base: int, cap: int, clip) -> tuple | None:
 def _worker(wid: int, mm, slot_bytes: int, tasks, conn, decode: Callable, spec: Any) -> None:
     worker_init(wid)
     while True:
-        job = tasks.get()
-        if job is None:
+        task = tasks.get()
+        if task is None:
             break
-        i, rec, slot = job
+        job, i, rec, slot = task
         try:
             clip = decode(rec, spec)
             layout = _write(mm, slot * slot_bytes, slot_bytes, clip) if slot is not None else None
             if layout is not None:
                 clip = dataclasses.replace(clip, **{name: None for name, *_ in layout})
-            conn.send((i, clip, layout, None))
+            conn.send((job, i, slot, clip, layout, None))
         except BaseException:
-            conn.send((i, None, None, traceback.format_exc(limit=8)))
+            conn.send((job, i, slot, None, None, traceback.format_exc(limit=8)))
     conn.close()
 
 
@@ -128,102 +129,131 @@ def iter_ring(records: Sequence, decode: Callable, spec: Any, *, num_workers: in
     """``decode(records[i], spec)`` for every i, in order, from ``num_workers`` forked worker
     processes, the arrays handed over in a ring of ``slots`` shared slots of ``slot_bytes``
     (default ``min(len(records), 2 * prefetch)``: the consumer may hold a shard while the next
-    one is decoded). See the module docstring."""
-    import multiprocessing as mp
+    one is decoded): a :class:`RingPool` for this one iteration. See the module docstring."""
     n = len(records)
     prefetch = max(1, prefetch)
-    slots = max(1, min(n, 2 * prefetch) if slots is None else slots)
-    ctx = mp.get_context("fork")
-    mm = mmap.mmap(-1, slots * slot_bytes)
-    free: deque[int] = deque(range(slots))
-    tasks = ctx.Queue()
-    procs, conns = [], []
-    for w in range(num_workers):
-        r, s = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_worker, args=(w, mm, slot_bytes, tasks, s, decode, spec), daemon=True,
-                        name=f"avfuse-decode-{w}")
-        p.start()
-        s.close()
-        procs.append(p)
-        conns.append(r)
-    job_slot: dict[int, int | None] = {}
-    rx = _Receiver(records, procs, conns, mm, slot_bytes, free, job_slot, n)
-    rx.start()
-    sent = done = 0
+    pool = RingPool(decode, spec, num_workers=num_workers, slot_bytes=slot_bytes,
+                    slots=max(1, min(n, 2 * prefetch) if slots is None else slots))
     try:
-        while done < n:
-            while sent < n and sent - done < prefetch:
-                slot = free.popleft() if free else None
-                with rx.cond:
-                    job_slot[sent] = slot
-                tasks.put((sent, records[sent], slot))
-                sent += 1
-            yield rx.take(done)
-            done += 1
+        yield from pool.imap(records, prefetch)
     finally:
-        rx.stop()
-        _shutdown(procs, conns, tasks)
+        pool.close()
 
 
-class _Receiver(threading.Thread):
-    """Reads every worker's pipe as results arrive, also while the consumer is busy embedding:
-    a worker whose clip travels pickled (bigger than a slot) would otherwise block on its send
-    until the consumer came back for more, and with it the decoding ahead (issue 15: on the GPU
-    box, 12 of 14 workers sat blocked behind the ~5 % of VoxCeleb2 clips longer than 20 s)."""
-
-    def __init__(self, records, procs, conns, mm, slot_bytes: int, free: deque, job_slot: dict, n: int):
-        super().__init__(name="avfuse-ring-receiver", daemon=True)
-        self.records, self.procs, self.conns, self.mm = records, procs, conns, mm
-        self.slot_bytes, self.free, self.job_slot, self.n = slot_bytes, free, job_slot, n
-        self.cond = threading.Condition()
+class _Job:
+    def __init__(self, records: Sequence):
+        self.records = records
         self.ready: dict[int, Any] = {}
         self.error: BaseException | None = None
+
+
+class RingPool:
+    """Forked decode workers and one ring of shared slots, kept across iterations (``imap``), which
+    may run in several threads at once (a Dask worker's concurrent shard tasks: forking workers and
+    mapping a fresh ring per shard cost more there than the decoding). ``close`` ends it; a worker
+    that dies breaks it for every iteration (make a new one).
+
+    A receiver thread reads the workers' pipes as results arrive, also while the consumers are busy:
+    a worker whose clip travels pickled (bigger than a slot) would otherwise block on its send until
+    its consumer came back for more, and with it the decoding ahead (issue 15: on the GPU box, 12 of
+    14 workers sat blocked behind the ~5 % of VoxCeleb2 clips longer than 20 s)."""
+
+    def __init__(self, decode: Callable, spec: Any, *, num_workers: int, slots: int, slot_bytes: int):
+        import multiprocessing as mp
+        ctx = mp.get_context("fork")
+        self.spec, self.num_workers, self.slot_bytes = spec, num_workers, slot_bytes
+        self.mm = mmap.mmap(-1, max(1, slots) * slot_bytes)
+        self.free: deque[int] = deque(range(max(1, slots)))
+        self.tasks = ctx.Queue()
+        self.procs, self.conns = [], []
+        for w in range(max(1, num_workers)):
+            r, s = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_worker, args=(w, self.mm, slot_bytes, self.tasks, s, decode, spec), daemon=True,
+                            name=f"avfuse-decode-{w}")
+            p.start()
+            s.close()
+            self.procs.append(p)
+            self.conns.append(r)
+        self.cond = threading.Condition()
+        self.jobs: dict[int, _Job] = {}
+        self.broken: BaseException | None = None
+        self._ids = itertools.count()
         self._halt = threading.Event()
+        self._rx = threading.Thread(target=self._receive, name="avfuse-ring-receiver", daemon=True)
+        self._rx.start()      # after the forks: no thread of ours is copied into a worker
 
-    def take(self, i: int):
-        """Clip ``i`` once it has arrived; the worker's error if one came first."""
+    def imap(self, records: Sequence, prefetch: int) -> Iterator:
+        """``decode(records[i], spec)`` in order, at most ``prefetch`` rows handed out ahead of the consumer."""
+        job, st = next(self._ids), _Job(records)
         with self.cond:
-            while i not in self.ready and self.error is None:
-                self.cond.wait()
-            if i not in self.ready:
-                raise self.error
-            return self.ready.pop(i)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=5.0)
-
-    def run(self) -> None:
-        from multiprocessing.connection import wait
-        got_all = 0
+            if self.broken is not None:
+                raise self.broken
+            self.jobs[job] = st
+        n, prefetch, sent, done = len(records), max(1, prefetch), 0, 0
         try:
-            while got_all < self.n and not self._halt.is_set():
+            while done < n:
+                while sent < n and sent - done < prefetch:
+                    self.tasks.put((job, sent, records[sent], self.free.popleft() if self.free else None))
+                    sent += 1
+                with self.cond:
+                    while done not in st.ready and st.error is None and self.broken is None:
+                        self.cond.wait()
+                    if done not in st.ready:
+                        raise st.error or self.broken
+                    clip = st.ready.pop(done)
+                yield clip
+                done += 1
+        finally:
+            with self.cond:            # results still on their way: the receiver frees their slots
+                self.jobs.pop(job, None)
+
+    def _receive(self) -> None:
+        from multiprocessing.connection import wait
+        try:
+            while not self._halt.is_set():
                 live = [c for c in self.conns if not c.closed]
                 got = wait(live + [p.sentinel for p in self.procs], timeout=0.2)
                 msgs = [c for c in live if c in got]
                 for c in msgs:
                     try:
                         while c.poll():
-                            i, clip, layout, err = c.recv()
-                            if err is not None:
-                                raise RuntimeError(f"decode worker failed on row {i} "
-                                                   f"({getattr(self.records[i], 'clip_id', i)}):\n{err}")
-                            with self.cond:
-                                self.ready[i] = _attach(self.mm, self.job_slot.pop(i), self.slot_bytes, clip,
-                                                        layout, self.free)
-                                self.cond.notify_all()
-                            got_all += 1
+                            self._deliver(*c.recv())
                     except EOFError:    # its worker is gone: the sentinel says how, below
                         c.close()
-                if got and not msgs:
+                if got and not msgs and not self._halt.is_set():
                     dead = next(p for p in self.procs if p.sentinel in got)
                     dead.join(timeout=2.0)
                     raise RuntimeError(f"decode worker (pid {dead.pid}) exited unexpectedly "
                                        f"(exit code {dead.exitcode}; a negative code is the signal)")
         except BaseException as e:
             with self.cond:
-                self.error = e
+                self.broken = e
                 self.cond.notify_all()
+
+    def _deliver(self, job: int, i: int, slot, clip, layout, err) -> None:
+        with self.cond:
+            st = self.jobs.get(job)
+            if st is None or err is not None:
+                if slot is not None:        # a finished consumer's, or a failed decode's slot
+                    self.free.append(slot)
+                if st is not None:
+                    rec = st.records[i]
+                    st.error = RuntimeError(f"decode worker failed on row {i} ({getattr(rec, 'clip_id', i)}):\n{err}")
+                    self.cond.notify_all()
+                return
+            st.ready[i] = _attach(self.mm, slot, self.slot_bytes, clip, layout, self.free)
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        self._halt.set()
+        self._rx.join(timeout=5.0)
+        _shutdown(self.procs, self.conns, self.tasks)
+
+    def __enter__(self) -> "RingPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _attach(mm, slot, slot_bytes: int, clip, layout, free: deque):

@@ -50,6 +50,19 @@ class ClusterOptions:
     def enabled(self) -> bool:
         return self.cluster == "local" or bool(self.scheduler)
 
+    def default_decoders(self, device: str) -> int | None:
+        """Decode processes per shard task when ``--num-workers`` is not given, for a ``--cluster
+        local`` on CUDA: the usable cores but one per worker, shared by its concurrent tasks (one
+        GPU, 16 cores, 2 tasks: 7 each; ``default_workers``' 4 left 8 cores idle on the GPU box).
+        None elsewhere (the caller's default: a running cluster's cores are not known here, and on
+        the CPU the backbones need them)."""
+        if self.cluster != "local" or not device.startswith("cuda"):
+            return None
+        from pipeline.extract.config import usable_cores
+        n = self.workers or (len(self.devices) if self.devices else _default_local_workers(device, None))
+        threads = self.threads_per_worker or 2
+        return max(1, (usable_cores() - n) // (n * threads))
+
     def validate(self, device: str) -> "ClusterOptions":
         """Check the combination; raises ``ConfigError`` with a hint. Returns self."""
         if self.cluster not in ("local", "none"):

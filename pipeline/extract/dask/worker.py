@@ -5,7 +5,8 @@ backend runs an event-loop thread). ``ExtractPlugin`` loads the backbones once p
 worker process (``worker_models``: weights read from the path on that machine, sha256
 checked against the cache's provenance); ``shard_task`` computes one shard with
 ``pipeline.extract.shard.compute_shard`` (decode processes where the worker is not daemonic,
-else threads: ``decode_backend``) and writes it whole with ``write_shard`` (which marks it done); the
+one pool of them per worker process kept across tasks: ``worker_pool``; else threads:
+``decode_backend``) and writes it whole with ``write_shard`` (which marks it done); the
 clip-by-clip fallback of a poison shard runs ``decode_task`` then ``embed_task`` per clip.
 """
 
@@ -22,8 +23,8 @@ from pipeline.core.config import fingerprint
 from pipeline.core.errors import AvfuseError, CacheError, ClusterError
 from pipeline.extract.config import ExtractConfig
 
-__all__ = ["ExtractPlugin", "PLUGIN_NAME", "decode_task", "decode_backend", "embed_task", "free_models", "shard_task",
-           "worker_info", "worker_models"]
+__all__ = ["ExtractPlugin", "PLUGIN_NAME", "decode_task", "close_pools", "decode_backend", "embed_task", "free_models", "shard_task",
+           "worker_info", "worker_models", "worker_pool"]
 
 PLUGIN_NAME = "avfuse-extract"
 _RUNNING = ("executing", "long-running")
@@ -105,6 +106,7 @@ def free_models() -> int:
     """Drop this process's backbones (and empty the CUDA cache); returns how many model
     sets were held. The driver runs it on the workers of a running cluster at the end."""
     from pipeline.extract.models import clear_model_cache
+    close_pools()
     with _WORKER_LOCK:
         n = len(_WORKER_MODELS)
         _WORKER_MODELS.clear()
@@ -143,7 +145,7 @@ def shard_task(cache_path: str, k: int, records: Sequence, cfg: ExtractConfig, c
         if k in writer.done_shards():
             return out
         models = worker_models(cfg, expected)
-        res = compute_shard(records, cfg, models=models, backend=decode_backend())
+        res = compute_shard(records, cfg, models=models, backend=decode_backend(), pool=worker_pool(cfg, models))
         writer.refresh()
         if k in writer.done_shards():
             return out
@@ -166,6 +168,46 @@ def decode_backend() -> str:
     import multiprocessing as mp
     from pipeline.extract.shm_ring import available
     return "process" if available() and not mp.current_process().daemon else "thread"
+
+
+_POOL_LOCK = threading.Lock()
+_POOLS: dict[Any, Any] = {}
+
+
+def worker_pool(cfg: ExtractConfig, models):
+    """This worker process's decode pool (``pipeline.extract.decode_pool.ring_pool``), made once and
+    shared by its concurrent shard tasks: ``cfg.num_workers`` processes per worker thread, a slot
+    for every clip of a shard per thread. None where the worker decodes in threads or inline; a
+    pool a dead decoder broke is replaced."""
+    if decode_backend() != "process" or cfg.num_workers <= 0:
+        return None
+    from pipeline.extract.decode_pool import decode_spec, ring_pool
+    spec = decode_spec(cfg, models)
+    try:
+        from distributed import get_worker
+        nthreads = max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        nthreads = 1
+    key = (spec, cfg.num_workers * nthreads, nthreads * cfg.shard_size)
+    with _POOL_LOCK:
+        pool = _POOLS.get(key)
+        if pool is not None and pool.broken is None:
+            return pool
+        for old in _POOLS.values():      # another run's pool, or a broken one
+            old.close()
+        _POOLS.clear()
+        _POOLS[key] = pool = ring_pool(spec, key[1], key[2])
+        return pool
+
+
+def close_pools() -> int:
+    """Close this process's decode pools; returns how many there were."""
+    with _POOL_LOCK:
+        n = len(_POOLS)
+        for pool in _POOLS.values():
+            pool.close()
+        _POOLS.clear()
+    return n
 
 
 def decode_task(rec, spec):
@@ -196,11 +238,12 @@ def running_keys(prefix: str, dask_worker=None) -> list[str]:
 
 def worker_info(dask_worker=None) -> dict:
     """This worker process, for diagnostics (``client.run(worker_info)``): name, pid, host,
-    backbone loads so far, and the avfuse task keys it is executing now."""
+    backbone loads so far, the avfuse task keys it is executing now, how it decodes and the pids
+    of its decode pool's processes."""
     return {"name": str(dask_worker.name) if dask_worker is not None else None, "pid": os.getpid(),
             "host": socket.gethostname(), "model_loads": _MODEL_LOADS,
             "running": running_keys("avfuse-", dask_worker) if dask_worker is not None else [],
-            "decode": decode_backend()}
+            "decode": decode_backend(), "decode_pids": sorted(q.pid for pool in _POOLS.values() for q in pool.procs)}
 
 
 def probe_worker(cache_path: str, media: list[str]) -> dict:

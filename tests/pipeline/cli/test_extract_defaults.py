@@ -50,3 +50,17 @@ def test_default_batch_size_by_device_and_gpu_memory():
         assert default_batch_size("cuda:0") == (128 if big else 64)
     res = CliRunner().invoke(cli, ["extract", "--help"], terminal_width=200)
     assert "on CUDA 128 with 40 GiB of GPU memory or more, else 64" in " ".join(res.output.split())
+
+
+def test_a_local_cuda_cluster_shares_the_cores_among_its_tasks():
+    """--cluster local on CUDA: the usable cores but one per worker, split over its concurrent shard
+    tasks (min(4, cores) per task left half of a 16-core GPU box idle); elsewhere the usual defaults."""
+    from pipeline.extract.config import usable_cores
+    from pipeline.extract.dask.cluster import ClusterOptions
+    cores = usable_cores()
+    one = ClusterOptions(cluster="local", devices=("0",))
+    assert one.default_decoders("cuda") == max(1, (cores - 1) // 2)
+    four = ClusterOptions(cluster="local", devices=("0", "1", "2", "3"), threads_per_worker=1)
+    assert four.default_decoders("cuda") == max(1, (cores - 4) // 4)
+    assert ClusterOptions(cluster="local").default_decoders("cpu") is None
+    assert ClusterOptions(scheduler="tcp://127.0.0.1:8786").default_decoders("cuda") is None

@@ -160,8 +160,12 @@ def test_two_workers_equal_single_process(corpus, ref, client):
     assert s.failed_clips == 2 and s.failures_by == {"decode/audio": 2}
     assert "w0" in s.text() or "w1" in s.text()
     # the backbones were built once per worker process for the whole run, not per shard
-    after = {i["pid"]: i["model_loads"] for i in client.run(worker_info).values()}
+    infos = client.run(worker_info).values()
+    after = {i["pid"]: i["model_loads"] for i in infos}
     assert set(after) == set(before) and all(after[p] - before[p] == 1 for p in after)
+    # and one decode pool per worker, forked once for all its shards (not once per shard)
+    pools = {i["pid"]: i["decode_pids"] for i in infos}
+    assert all(len(p) == 1 for p in pools.values())      # --num-workers 1 x 1 thread per worker
     # the provenance is the in-process run's (device/workers are not part of it): resumable either way
     from pipeline.cache import open_cache
     with open_cache(ref) as a, open_cache(corpus.root / "two.zarr") as b:
@@ -171,6 +175,10 @@ def test_two_workers_equal_single_process(corpus, ref, client):
     # a second run finds nothing to do
     s2 = run_distributed(corpus.manifest, corpus.root / "two.zarr", _cfg(), client=client, progress=False)
     assert s2.computed_shards == [] and s2.shards_skipped == 7
+    s3 = run_distributed(corpus.manifest, corpus.root / "two_again.zarr", _cfg(), client=client, progress=False)
+    _assert_same_cache(ref, corpus.root / "two_again.zarr")
+    again = {i["pid"]: i["decode_pids"] for i in client.run(worker_info).values()}
+    assert s3.computed_shards == list(range(7)) and again == pools     # the same decoders served the next run
 
 
 # ----------------------------------------------------------------------------- faults

@@ -166,3 +166,40 @@ def test_workers_go_on_decoding_while_the_consumer_is_away(tmp_path):
     rest = list(it)
     assert [d.clip_id for d in rest] == [str(i) for i in range(1, 8)]
     assert all(float(d.audio[0]) == int(d.clip_id) for d in rest)
+
+
+def test_one_pool_serves_iterations_from_several_threads_and_abandoned_ones(records):
+    """A Dask worker keeps one RingPool for all its shard tasks, two of which run at once: each
+    iteration gets its own clips in its own order, and one its consumer leaves early gives its
+    slots back once the results still on their way have come in."""
+    import threading
+
+    from pipeline.extract.shm_ring import RingPool
+    inline = [decode_clip(r, SPEC) for r in records]
+    sb = slot_bytes_for(16000, 4, 112)
+    with RingPool(decode_clip, SPEC, num_workers=2, slots=6, slot_bytes=sb) as pool:
+        got: dict[int, list] = {}
+
+        def consume(k: int, recs) -> None:
+            got[k] = list(pool.imap(recs, prefetch=3))
+
+        threads = [threading.Thread(target=consume, args=(k, records[::-1] if k else records)) for k in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        for a, b in zip(got[0], inline):
+            _same(a, b)
+        for a, b in zip(got[1], inline[::-1]):
+            _same(a, b)
+        got.clear()                                 # the clips go: their slots come back
+        it = pool.imap(records * 2, prefetch=5)
+        next(it)
+        it.close()                                  # abandoned with clips still being decoded
+        gc.collect()
+        deadline = time.monotonic() + 30
+        while len(pool.free) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(pool.free) == list(range(6))  # every slot back, none twice
+        for a, b in zip(pool.imap(records, prefetch=2), inline):
+            _same(a, b)
