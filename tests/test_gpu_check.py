@@ -25,7 +25,8 @@ ROWS = ("media", "decode audio + faces", "H.264 on NVDEC vs CPU decoder", "hand-
         "hand-off to the main process, faces 224", "decode faces, resize on device vs cpu",
         "face backbone, resize on device vs cpu", "host->device, face batch 224", "extract end to end",
         "decode alone, extract's procs", "decode alone, one proc per core", "backbones only, bf16", "backbones only, fp32",
-        "bf16 vs fp32 cosine, audio/face min", "VoxCeleb2 dev, decode-bound", "VoxCeleb2 dev, GPU-bound",
+        "bf16 vs fp32 cosine, audio/face min", "VoxCeleb2 dev, decode-bound if it scaled",
+        "VoxCeleb2 dev, decode measured", "VoxCeleb2 dev, GPU-bound",
         "VoxCeleb2 dev, end to end", "Dask, 1 GPU worker", "fusion epoch mlp", "fusion epoch mlp, batch 1024", "fusion epoch dca", "Vox1-E scoring")
 
 
@@ -72,6 +73,7 @@ def test_dry_run_json_has_every_section_with_numbers(dry):
         assert f["epoch_s"] > 0 and math.isfinite(f["loss"]) and f["clips_per_s"] > 0
     p = res["projections"]
     assert p["decode_bound_min"] > 0 and p["gpu_bound_min"] > 0 and p["end_to_end_min"] > 0
+    assert p["decode_measured_min"] > 0 and "processes" in p["decode_measured_arithmetic"]
     assert "1,092,009 x" in p["decode_bound_arithmetic"]
     if (SHARED / "voxceleb" / "list_test_all.txt.gz").exists():
         sc = res["scoring"]
