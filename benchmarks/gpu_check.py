@@ -81,7 +81,7 @@ class Sizes:
     fusion_steps: int = 8     # segments / frames per clip of the fusion embeddings
 
 
-FULL = Sizes(pool=64, clips=4096, decode_sample=48, gpu_clips=256, dask_clips=1024, fusion_clips=VOX2_CLIPS,
+FULL = Sizes(pool=64, clips=4096, decode_sample=48, gpu_clips=256, dask_clips=4096, fusion_clips=VOX2_CLIPS,
              fusion_ids=VOX2_IDS, trials=None, audio="ecapa_tdnn", face="iresnet100")
 DRY = Sizes(pool=2, clips=4, decode_sample=2, gpu_clips=2, dask_clips=2, fusion_clips=96, fusion_ids=12,
             trials=2000, audio="ge2e_lstm", face="iresnet18", frames=1, segments=2, batch=4, max_seconds=1.0,
@@ -211,7 +211,7 @@ def sec_decode_pool(ctx) -> dict:
     resize on the device), no backbones: the clips/s the decode side can feed a GPU on this box."""
     from data_manifests.manifest import read_manifest
     from pipeline.extract.decode_pool import decode_spec, iter_decoded
-    recs = read_manifest(ctx.manifest)[:ctx.s.dask_clips]
+    recs = read_manifest(ctx.manifest)[:1024 if ctx.cuda else ctx.s.dask_clips]
     spec = decode_spec(cfg_for(ctx.s, ctx.device))
     out = {"clips": len(recs), "resize_on": spec.resize_on}
     for key, w in (("extract_procs", ctx.decode_workers), ("all_cores", max(1, os.cpu_count() or 1))):
