@@ -245,8 +245,12 @@ class RingPool:
             self.cond.notify_all()
 
     def close(self) -> None:
+        """Stop the workers; an iteration still running raises instead of waiting for them."""
         self._halt.set()
         self._rx.join(timeout=5.0)
+        with self.cond:
+            self.broken = self.broken or RuntimeError("the decode pool was closed")
+            self.cond.notify_all()
         _shutdown(self.procs, self.conns, self.tasks)
 
     def __enter__(self) -> "RingPool":

@@ -23,8 +23,8 @@ from pipeline.core.config import fingerprint
 from pipeline.core.errors import AvfuseError, CacheError, ClusterError
 from pipeline.extract.config import ExtractConfig
 
-__all__ = ["ExtractPlugin", "PLUGIN_NAME", "decode_task", "close_pools", "decode_backend", "embed_task", "free_models", "shard_task",
-           "worker_info", "worker_models", "worker_pool"]
+__all__ = ["ExtractPlugin", "PLUGIN_NAME", "close_pools", "decode_backend", "decode_task", "embed_task", "free_models",
+           "shard_task", "worker_info", "worker_models", "worker_pool"]
 
 PLUGIN_NAME = "avfuse-extract"
 _RUNNING = ("executing", "long-running")
@@ -193,9 +193,12 @@ def worker_pool(cfg: ExtractConfig, models):
         pool = _POOLS.get(key)
         if pool is not None and pool.broken is None:
             return pool
-        for old in _POOLS.values():      # another run's pool, or a broken one
-            old.close()
-        _POOLS.clear()
+        for k, old in list(_POOLS.items()):  # a broken pool, or an idle one of another run (not one in use)
+            if old.broken is not None or not old.jobs:
+                old.close()
+                del _POOLS[k]
+        # forked from this task thread: the decoders' parent-death signal follows the thread that forked
+        # them, and Dask's task threads live as long as the worker (they end with it, and so do the decoders)
         _POOLS[key] = pool = ring_pool(spec, key[1], key[2])
         return pool
 

@@ -203,3 +203,32 @@ def test_one_pool_serves_iterations_from_several_threads_and_abandoned_ones(reco
         assert sorted(pool.free) == list(range(6))  # every slot back, none twice
         for a, b in zip(pool.imap(records, prefetch=2), inline):
             _same(a, b)
+
+
+def _slow(i, _):
+    time.sleep(0.2)
+    from pipeline.extract.decode_pool import DecodedClip
+    return DecodedClip(clip_id=str(i))
+
+
+def test_closing_a_pool_ends_an_iteration_still_running_with_an_error():
+    """Closed under an iteration (another run replacing it, free_models at a run's end), a pool
+    must not leave its consumer waiting forever for decoders that are gone."""
+    import threading
+
+    from pipeline.extract.shm_ring import RingPool
+    pool = RingPool(_slow, None, num_workers=1, slots=2, slot_bytes=4096)
+    err: list = []
+
+    def consume() -> None:
+        try:
+            list(pool.imap(list(range(50)), prefetch=4))
+        except RuntimeError as e:
+            err.append(e)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    time.sleep(0.5)
+    pool.close()
+    t.join(timeout=30)
+    assert not t.is_alive() and err and "closed" in str(err[0])
