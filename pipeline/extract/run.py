@@ -57,12 +57,24 @@ class ExtractSummary:
     def within(self, max_failures: float) -> bool:
         return self.failed_share <= max_failures
 
+    def decode_bound_hint(self) -> str | None:
+        """A line when waiting for decoded clips took over a quarter of a run of at least 10 s: the
+        backbones were not the bound, the decoding was (as on the GPU box, docs/BENCHMARKS.md)."""
+        if self.seconds < 10 or self.stats.wait_seconds < 0.25 * self.seconds:
+            return None
+        return (f"decoding bound this run: the backbones waited {self.stats.wait_seconds:.0f} s of "
+                f"{self.seconds:.0f} s for decoded clips; with cores to spare raise --num-workers, else "
+                f"this is the machine's decode rate (`avfuse preflight` measures it without the backbones)")
+
     def text(self) -> str:
         lines = [f"cache {self.cache}: {self.n_rows} rows in {self.n_shards} shards; "
                  f"{self.shards_computed} computed now, {self.shards_skipped} already done",
                  f"{self.clips_computed} clips in {self.seconds:.1f} s ({self.clips_per_s:.2f} clips/s; "
                  f"decode {self.stats.decode_seconds:.1f} s summed over workers, backbones "
                  f"{self.stats.compute_seconds:.1f} s, waiting for decode {self.stats.wait_seconds:.1f} s)"]
+        hint = self.decode_bound_hint()
+        if hint:
+            lines.append(hint)
         if self.failed_clips:
             by = ", ".join(f"{k}: {v}" for k, v in sorted(self.failures_by.items()))
             lines.append(f"{self.failed_clips} failed clips ({100 * self.failed_share:.2f}% of rows; {by}); "

@@ -304,3 +304,16 @@ def test_config_and_weights_resolution():
         assert "resemblyzer" in str(e)
     else:
         assert Path(p).is_file() and p.endswith("pretrained.pt")
+
+
+def test_the_summary_says_when_decoding_bound_the_run():
+    from pipeline.extract.dask.summary import DistributedSummary
+    from pipeline.extract.run import ExtractSummary
+    from pipeline.extract.shard import ShardStats
+    base = dict(cache="c.zarr", n_rows=4096, n_shards=16, shards_skipped=0, shards_computed=16, clips_computed=4096,
+                failed_clips=0, failed_share=0.0, seconds=19.8)
+    bound = ExtractSummary(**base, stats=ShardStats(clips=4096, compute_seconds=11.6, wait_seconds=6.3)).text()
+    assert "decoding bound this run: the backbones waited 6 s of 20 s" in bound and "--num-workers" in bound
+    assert "decoding bound" not in ExtractSummary(**base, stats=ShardStats(wait_seconds=2.0)).text()
+    assert "decoding bound" not in ExtractSummary(**{**base, "seconds": 4.0}, stats=ShardStats(wait_seconds=3.0)).text()
+    assert "decoding bound" not in DistributedSummary(**base, stats=ShardStats(wait_seconds=60.0)).text()
