@@ -32,7 +32,7 @@ LOSSES = ("aam", "softmax")
 
 
 class AAMSoftmax(nn.Module):
-    """Additive angular margin softmax; ``forward(x, y) -> (loss, logits)``."""
+    """Additive angular margin softmax; ``forward(x, y, weight=None) -> (loss, logits)``."""
 
     def __init__(self, dim: int, n_classes: int, margin: float = 0.2, scale: float = 30.0):
         super().__init__()
@@ -68,21 +68,33 @@ class AAMSoftmax(nn.Module):
         phi = torch.where(cos_y > self._th, phi, cos_y - self._mm)
         return out.scatter_(1, y[:, None], (self.scale * phi)[:, None])
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.logits(x, y)
-        return F.cross_entropy(out, y), out
+        return weighted_cross_entropy(out, y, weight), out
 
 
 class SoftmaxLoss(nn.Module):
-    """Linear classifier + cross-entropy; ``forward(x, y) -> (loss, logits)``."""
+    """Linear classifier + cross-entropy; ``forward(x, y, weight=None) -> (loss, logits)``."""
 
     def __init__(self, dim: int, n_classes: int):
         super().__init__()
         self.fc = nn.Linear(dim, n_classes)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.fc(x.float())
-        return F.cross_entropy(out, y), out
+        return weighted_cross_entropy(out, y, weight), out
+
+
+def weighted_cross_entropy(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy averaged over the rows, or with ``weight`` (B,) 0/1 over the rows it keeps (0 when it
+    keeps none): the mean over ``rows`` without indexing by them, which on a GPU would wait for the device
+    to learn how many rows there are (the trainer's step has no such wait)."""
+    if weight is None:
+        return F.cross_entropy(logits, y)
+    per_row = F.cross_entropy(logits, y, reduction="none")
+    return (per_row * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def make_loss(kind: str, dim: int, n_classes: int, margin: float = 0.2, scale: float = 30.0) -> nn.Module:

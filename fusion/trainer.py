@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from fusion.batch import EmbeddingBatch, resolve_device
+from fusion.batch import FLOAT_FIELDS, EmbeddingBatch, resolve_device
 from fusion.evaluation import DevSet, dev_eer, pseudo_dev_set
 from fusion.losses import LOSSES, make_loss
 from fusion.recipes import OPTIMIZERS, RECIPE_FIELDS, SCHEDULES
@@ -150,6 +150,24 @@ def _mask_modalities(batch: EmbeddingBatch, p: float, gen: torch.Generator) -> E
     return batch.masked(drop & which, drop & ~which)
 
 
+def _views_loss(views, y: torch.Tensor, loss_fn, correct: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """The step's loss: the mean over the views with a present row of each view's loss over its present
+    rows; the first view's hits and rows are added to ``correct``/``seen``. Rows are weighed, not
+    indexed, and an empty view is left out by weight, not by a branch: nothing here waits for a GPU
+    (``benchmarks/train_step_speed.py`` counts the waits per step: 0 for the clip heads)."""
+    losses, used = [], []
+    for vi, (_view, emb, rows) in enumerate(views):
+        w = rows.float()
+        loss_v, logits = loss_fn(emb, y, w)
+        losses.append(loss_v)
+        used.append((w.sum() > 0).float())
+        if vi == 0:
+            correct += ((logits.argmax(1) == y) & rows).sum()
+            seen += rows.sum()
+    used_t = torch.stack(used)
+    return (torch.stack(losses) * used_t).sum() / used_t.sum().clamp_min(1.0)
+
+
 def check_finite(loss_sum: torch.Tensor, params, epoch: int, lr: float) -> None:
     """Stop with a ``TrainingError`` when the loss or any weight went NaN/inf (once per epoch:
     a NaN loss makes every later sum NaN, so nothing is missed)."""
@@ -185,6 +203,13 @@ def check_training_data(batch: EmbeddingBatch, labels, need_sequences: bool) -> 
     n_ids = int(torch.unique(torch.as_tensor(labels)).numel())
     if n_ids < 2:
         raise TrainingError(f"training needs at least 2 identities, got {n_ids}")
+    # every row goes through the head (absent modalities weighed 0, not indexed out): a NaN anywhere
+    # would reach the gradients, so it is refused here, once, in chunks
+    bad = [f for f in FLOAT_FIELDS if (t := getattr(batch, f)) is not None
+           and not all(bool(torch.isfinite(t[s:s + 65536]).all()) for s in range(0, len(t), 65536))]
+    if bad:
+        raise TrainingError(f"the training embeddings hold NaN/inf values ({', '.join(bad)})",
+                            hint="drop those rows first (avfuse train does: --drop-bad-rows)")
 
 
 def fit_head(batch: EmbeddingBatch, labels, head_name: str, cfg: TrainConfig | None = None,
@@ -254,15 +279,7 @@ def fit_head(batch: EmbeddingBatch, labels, head_name: str, cfg: TrainConfig | N
                 for g in opt.param_groups:
                     g["lr"] = _lr_at(cfg, step, total, epoch)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    views = head.train_views(mb)
-                    losses = []
-                    for vi, (_view, emb, rows) in enumerate(views):
-                        loss_v, logits = loss_fn(emb[rows], y[rows])
-                        losses.append(loss_v)
-                        if vi == 0:
-                            correct += (logits.argmax(1) == y[rows]).sum()
-                            seen += rows.sum()
-                    loss = torch.stack(losses).mean()
+                    loss = _views_loss(head.train_views(mb), y, loss_fn, correct, seen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:

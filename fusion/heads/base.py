@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusion.batch import MODALITIES, EmbeddingBatch
+from fusion.batch import MODALITIES, EmbeddingBatch, check_use
 from pipeline.core.errors import HeadError
 
 
@@ -79,6 +79,19 @@ def _need(t: torch.Tensor | None, field: str, name: str) -> torch.Tensor:
     if t is None:
         raise HeadError(f"head '{name}' needs {field}, which this batch does not have",
                         hint="load the batch with both modalities (the cache must have audio and face arrays)")
+    return t
+
+
+def _field(batch: EmbeddingBatch, name: str, modality: str, use: Sequence[str], head: str) -> torch.Tensor | None:
+    """``batch.<name>`` when ``modality`` is in ``use`` and the batch has that field, else None. Decided on
+    the host: the heads compute a modality's rows whenever its array is there and weigh them by presence,
+    rather than asking whether any row is present (on a GPU, a wait for the device in every training
+    step). A batch without the array whose rows say the modality is present: ``_need``'s error."""
+    if modality not in check_use(use):
+        return None
+    t = getattr(batch, name)
+    if t is None and bool((batch.has_audio if modality == "A" else batch.has_face).any()):
+        _need(t, name, head)
     return t
 
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusion.batch import MODALITIES, EmbeddingBatch
-from fusion.heads.base import FusionHead, InputNorm, _need, mlp
+from fusion.heads.base import FusionHead, InputNorm, _field, _need, mlp
 from fusion.registry import register_head
 from pipeline.core.errors import TrainingError
 
@@ -162,8 +162,9 @@ class MeanHead(FusionHead):
     def _project(self, batch, use):
         """``(a_p, v_p, e_A or None, e_V or None)``: presence masks and per-modality projections."""
         a_p, v_p = batch.present(use)
-        e_a = self.proj_a(self.norm_a(_need(batch.audio_clip, "audio_clip", self.name))) if a_p.any() else None
-        e_v = self.proj_v(self.norm_v(_need(batch.face_clip, "face_clip", self.name))) if v_p.any() else None
+        xa, xv = _field(batch, "audio_clip", "A", use, self.name), _field(batch, "face_clip", "V", use, self.name)
+        e_a = self.proj_a(self.norm_a(xa)) if xa is not None else None
+        e_v = self.proj_v(self.norm_v(xv)) if xv is not None else None
         return a_p, v_p, e_a, e_v
 
     def _fuse(self, n, device, a_p, v_p, e_a, e_v):
@@ -212,10 +213,9 @@ class MLPHead(FusionHead):
         n = len(batch)
         fa = self.filler_a.expand(n, -1)
         fv = self.filler_v.expand(n, -1)
-        a = torch.where(a_p[:, None], self.norm_a(_need(batch.audio_clip, "audio_clip", self.name)), fa) \
-            if a_p.any() else fa
-        v = torch.where(v_p[:, None], self.norm_v(_need(batch.face_clip, "face_clip", self.name)), fv) \
-            if v_p.any() else fv
+        xa, xv = _field(batch, "audio_clip", "A", use, self.name), _field(batch, "face_clip", "V", use, self.name)
+        a = torch.where(a_p[:, None], self.norm_a(xa), fa) if xa is not None else fa
+        v = torch.where(v_p[:, None], self.norm_v(xv), fv) if xv is not None else fv
         return self.net(torch.cat([a, v], dim=1))
 
 
@@ -245,18 +245,18 @@ class MultiViewHead(FusionHead):
     def embed(self, batch, use=MODALITIES):
         a_p, v_p = batch.present(use)
         out = torch.zeros(len(batch), self.dim, device=batch.device)
-        if a_p.any():
+        if _field(batch, "audio_clip", "A", use, self.name) is not None:
             out = out + F.normalize(self.view(batch, "A"), dim=-1) * a_p[:, None]
-        if v_p.any():
+        if _field(batch, "face_clip", "V", use, self.name) is not None:
             out = out + F.normalize(self.view(batch, "V"), dim=-1) * v_p[:, None]
         return out / (a_p.float() + v_p.float()).clamp_min(1.0)[:, None]
 
     def train_views(self, batch):
         a_p, v_p = batch.present()
         views = []
-        if a_p.any():
+        if _field(batch, "audio_clip", "A", MODALITIES, self.name) is not None:
             views.append(("A", self.view(batch, "A"), a_p))
-        if v_p.any():
+        if _field(batch, "face_clip", "V", MODALITIES, self.name) is not None:
             views.append(("V", self.view(batch, "V"), v_p))
         return views
 

@@ -67,9 +67,36 @@ def test_option_adds_exactly_the_two_modality_views(data):
         assert torch.equal(e_a[a_p], head.embed(b, use=("A",))[a_p])
         assert torch.equal(e_v[v_p], head.embed(b, use=("V",))[v_p])
         assert not torch.allclose(e_a[a_p & v_p], e[a_p & v_p])
-        # a batch without faces: no empty face view (an empty loss would be NaN)
+        # a batch without faces: its face view has no present row (the step's loss leaves it out, by
+        # weight: test_step_loss_is_the_mean_over_present_rows_and_non_empty_views)
         only_a = b.select(("A",))
-        assert [v for v, _, _ in head.train_views(only_a)] == ["AV", "A"]
+        views_a = head.train_views(only_a)
+        assert [v for v, _, _ in views_a] == ["AV", "A", "V"] and not bool(views_a[2][2].any())
+
+
+@pytest.mark.parametrize("use", [("A", "V"), ("A",)])
+def test_step_loss_is_the_mean_over_present_rows_and_non_empty_views(data, use):
+    """The trainer weighs rows instead of indexing them (no wait for a GPU per step); its loss and
+    accuracy counts are those of the indexed formula: each view's loss over its present rows, averaged
+    over the views that have any."""
+    from fusion.losses import make_loss
+    from fusion.trainer import _views_loss
+    b, y = data
+    b = b.select(use)
+    _, head = _pair()
+    torch.manual_seed(1)
+    loss_fn = make_loss("aam", 32, int(y.max()) + 1)
+    with torch.no_grad():
+        views = head.train_views(b)
+        correct, seen = torch.zeros(()), torch.zeros(())
+        got = _views_loss(views, y, loss_fn, correct, seen)
+        kept = [(e[r], y[r]) for _, e, r in views if bool(r.any())]
+        want = torch.stack([loss_fn(e, t)[0] for e, t in kept]).mean()
+        rows0 = views[0][2]
+        hits = (loss_fn(views[0][1][rows0], y[rows0])[1].argmax(1) == y[rows0]).sum()
+    assert len(kept) == (3 if use == ("A", "V") else 2)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert int(seen) == int(rows0.sum()) and int(correct) == int(hits)
 
 
 def test_default_training_equals_the_base_code_path(data):
