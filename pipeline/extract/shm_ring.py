@@ -245,7 +245,9 @@ class RingPool:
             self.cond.notify_all()
 
     def close(self) -> None:
-        """Stop the workers; an iteration still running raises instead of waiting for them."""
+        """Stop the workers; an iteration still running raises instead of waiting for them. Idempotent."""
+        if self._halt.is_set():
+            return
         self._halt.set()
         self._rx.join(timeout=5.0)
         with self.cond:
