@@ -41,7 +41,9 @@ def preflight_cmd(manifest, sample, seed, workers, cores, sample_rate, face_size
     the decode CPU time per clip (audio and video, in process CPU time, which a busy
     machine stretches much less than wall time), and the projected decode time of the
     whole manifest on this machine and on --cores cores (clips x CPU-ms per clip / cores;
-    decode only).
+    decode only; optimistic: with every core decoding a clip costs more). With --workers N
+    (4 clips per worker or more) also the rate the N processes decoded at here, and the
+    manifest at that rate: on the GPU box itself, with N = its cores - 1, the figure to plan by.
     Exit 0 when every clip decodes, 1 when some fail, 2 on a bad manifest or option.
 
     \b

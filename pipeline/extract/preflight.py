@@ -14,7 +14,11 @@ Figures
 * ``projected_hours`` = ``manifest_clips * cpu_ms_per_clip / cores / 3.6e6`` for ``cores``
   (the GPU box: ``--cores``, default 16); ``projected_hours_here`` the same on this
   machine's usable cores. Decode only: backbones, transfers and writes come on top, and
-  decoding overlaps them in ``extract``.
+  decoding overlaps them in ``extract``. This arithmetic assumes a clip costs as much CPU with
+  every core decoding as alone: on a 16-core H200 box 16 processes reached 48-87 % of it.
+* ``measured_clips_per_s`` (with ``--workers N``, at least 4 clips per worker): the rate the N
+  processes decoded at, from the first result to the last; ``projected_hours_measured`` the
+  manifest at that rate. On the GPU box with N = its cores - 1 this is the decode figure to plan by.
 
 Faces are decoded as ``extract --device cuda`` does by default (``resize_on="device"``: centre
 crop only, the GPU resizes; ~2 CPU-ms per clip less than ``cpu``, docs/BENCHMARKS.md).
@@ -50,7 +54,14 @@ class PreflightResult:
     seconds: float                # wall time of the run
     sample_seed: int | None = None
     resize_on: str = "device"     # how faces were decoded (extract's --resize-on)
+    workers: int = 0
+    measured_clips_per_s: float | None = None   # with ``workers`` processes, first result to last
     per_clip: list[dict] = field(default_factory=list, repr=False)
+
+    @property
+    def projected_hours_measured(self) -> float | None:
+        """The whole manifest at the rate ``workers`` processes decoded here (None without workers)."""
+        return self.manifest_clips / self.measured_clips_per_s / 3600 if self.measured_clips_per_s else None
 
     @property
     def cpu_ms_per_clip(self) -> float:
@@ -62,6 +73,7 @@ class PreflightResult:
     def to_json(self) -> dict:
         d = {k: v for k, v in dataclasses.asdict(self).items() if k != "per_clip"}
         d.update(cpu_ms_per_clip=self.cpu_ms_per_clip, projected_hours=self.hours(self.cores),
+                 projected_hours_measured=self.projected_hours_measured,
                  projected_hours_here=self.hours(self.cores_here),
                  clips_per_s=(self.cores * 1e3 / self.cpu_ms_per_clip) if self.cpu_ms_per_clip else None)
         return d
@@ -77,6 +89,10 @@ class PreflightResult:
                      f"{_hm(self.hours(self.cores_here))} on this machine ({self.cores_here} cores), "
                      f"{_hm(self.hours(self.cores))} on {self.cores} cores "
                      f"({self.manifest_clips} x {self.cpu_ms_per_clip:.1f} ms / cores)")
+        if self.measured_clips_per_s:
+            lines.append(f"measured with {self.workers} decode process{'es' if self.workers > 1 else ''} here: {self.measured_clips_per_s:.1f} clips/s, "
+                         f"{_hm(self.projected_hours_measured)} for the {self.manifest_clips} clips (run preflight on "
+                         f"the GPU box with --workers = its cores - 1, what extract uses, for the figure that counts)")
         lines.append("(decode CPU only: this run's own wall time also holds the decoders' start-up, which a run "
                      "of many clips amortises; with every core decoding a clip costs more CPU than here alone: "
                      "on a 16-core H200 box, 16 processes reached 48-87 % of this projection's rate, "
@@ -157,14 +173,20 @@ def run_preflight(manifest: str | Path, *, sample: int | None = None, seed: int 
         bar = progress_(total=len(todo), desc="preflight", unit="clip", leave=True)
     t0 = time.perf_counter()
     rows: list[dict] = []
+    rate = None
     if workers > 0:
         import multiprocessing as mp
         with mp.get_context("fork" if sys.platform.startswith("linux") else "spawn").Pool(
                 workers, initializer=_init_worker) as pool:
+            t_first = None
             for r in pool.imap(_star, [(rec, spec) for rec in todo], chunksize=4):
                 rows.append(r)
+                t_first = t_first or time.perf_counter()    # the workers are up and warm from here
                 if bar is not None:
                     bar.update(1)
+            # the rate at which the processes decoded, start-up left out; only with enough clips per process
+            if len(rows) >= 4 * workers and time.perf_counter() > t_first:
+                rate = (len(rows) - 1) / (time.perf_counter() - t_first)
     else:
         warm_up()
         for rec in todo:
@@ -181,5 +203,5 @@ def run_preflight(manifest: str | Path, *, sample: int | None = None, seed: int 
                            video_cpu_ms_per_clip=sum(r["video_ms"] for r in rows) / n,
                            cores=int(cores), cores_here=usable_cores(), seconds=time.perf_counter() - t0,
                            sample_seed=seed if sample is not None and sample < len(records) else None,
-                           resize_on=resize_on,
+                           resize_on=resize_on, workers=int(workers), measured_clips_per_s=rate,
                            per_clip=rows)

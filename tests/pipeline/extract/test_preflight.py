@@ -88,6 +88,12 @@ def test_cli_json_sample_and_workers(mixed, capsys):
         assert k in d
     assert d["n_clips"] == 7 and d["n_failed"] == 4 and d["cores"] == 8
     assert d["projected_hours"] == pytest.approx(7 * d["cpu_ms_per_clip"] / 8 / 3.6e6)
+    assert d["projected_hours_measured"] is None          # 7 clips are too few for 2 processes' rate
+    # with enough clips per process, the rate they decoded at, and the manifest at that rate
+    r = run_preflight(manifest, workers=1, progress=False)
+    assert r.measured_clips_per_s > 0 and r.to_json()["projected_hours_measured"] == pytest.approx(
+        7 / r.measured_clips_per_s / 3600)
+    assert "measured with 1 decode process here" in r.text()
     # more decode workers than usable cores: said (the CPU per clip stays right, the wall time does not)
     from pipeline.extract.config import usable_cores
     n = usable_cores() + 1
