@@ -23,6 +23,7 @@ Writes ``decode_scaling.json``. ``--dry``: tiny sizes (tests and CPU-only boxes)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -83,8 +84,6 @@ def ring_rate(recs, spec, n: int) -> dict:
 
 
 def batch_rates(recs, cfg_for, s, device: str, sizes) -> dict:
-    import dataclasses
-
     import torch
 
     from pipeline.extract.decode_pool import decode_spec, iter_decoded
@@ -138,7 +137,7 @@ def main(argv=None) -> int:
         scan_to_manifest(work / "m.jsonl", work / "media", "vox2", probe=False, progress=False)
         recs = read_manifest(work / "m.jsonl")
         spec = decode_spec(cfg_for(s, "cuda" if cuda else "cpu"))
-        spec = type(spec)(audio_sr=spec.audio_sr, face_size=spec.face_size, frames=spec.frames, resize_on="device")
+        spec = dataclasses.replace(spec, resize_on="device")        # as extract decodes on CUDA
         many = [n for n in (8, 14, 16) if n <= cores] or [cores]
         res["decode_only"] = [pool_rate(recs[:max(8, n_clips // 8)], spec, 1, _decode_nothing_back)]
         res["decode_only"] += [pool_rate(recs, spec, n, _decode_nothing_back) for n in many]

@@ -59,9 +59,18 @@ class ClusterOptions:
         if self.cluster != "local" or not device.startswith("cuda"):
             return None
         from pipeline.extract.config import usable_cores
-        n = self.workers or (len(self.devices) if self.devices else _default_local_workers(device, None))
-        threads = self.threads_per_worker or 2
+        _, n, threads = self.local_layout(device)
         return max(1, (usable_cores() - n) // (n * threads))
+
+    def local_layout(self, device: str) -> tuple[list[str] | None, int, int]:
+        """``(GPUs the workers are pinned to or None, worker processes, threads per worker)`` of a
+        ``--cluster local`` on ``device``: the options given, else one worker per visible GPU with 2
+        threads on CUDA, a few single-threaded workers on the CPU."""
+        devices = list(self.devices) if self.devices else None
+        if device.startswith("cuda") and devices is None:
+            devices = [str(i) for i in range(_default_local_workers(device, None))]
+        n = self.workers or _default_local_workers(device, devices)
+        return devices, n, self.threads_per_worker or (2 if device.startswith("cuda") else 1)
 
     def validate(self, device: str) -> "ClusterOptions":
         """Check the combination; raises ``ConfigError`` with a hint. Returns self."""
@@ -156,11 +165,7 @@ def open_cluster(opts: ClusterOptions, device: str = "cpu", *, log: Callable[[st
                                hint="start it with `dask scheduler` (docs/distributed.md), and check the "
                                     "host, port and firewall") from e
     else:
-        devices = list(opts.devices) if opts.devices else None
-        if device.startswith("cuda") and devices is None:
-            devices = [str(i) for i in range(_default_local_workers(device, None))]
-        n = opts.workers or _default_local_workers(device, devices)
-        threads = opts.threads_per_worker or (2 if device.startswith("cuda") else 1)
+        devices, n, threads = opts.local_layout(device)
         if opts.dashboard and not _has_bokeh():
             log("avfuse: no Dask dashboard (it needs bokeh: pip install bokeh)")
         # the scheduler always serves HTTP (health, metrics; the dashboard when asked and
